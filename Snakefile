@@ -1,0 +1,24 @@
+# convscope: train, evaluate and explain CNN classifiers; see README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    model="|".join(CONFIG.model_names),
+
+
+include: "rules/data.smk"
+include: "rules/train.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

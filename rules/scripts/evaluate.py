@@ -1,0 +1,9 @@
+import sys
+
+from convscope import jobs
+from convscope.config import RuntimeConfig
+
+runtime = RuntimeConfig.from_dict(snakemake.params.runtime)
+out, inp = snakemake.output, snakemake.input
+step = lambda: jobs.evaluate(runtime, inp.index, inp.checkpoint, out.metrics, out.predictions, out.timings, snakemake.threads)
+sys.exit(jobs.guarded(step, out, snakemake.log[0]))

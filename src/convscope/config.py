@@ -1,0 +1,254 @@
+"""The configuration: JSON Schema validation with defaults, and a frozen typed view of it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+IMAGENET_WEIGHTS = "imagenet"
+INCEPTION_MIN_SIZE = 75
+INCEPTION_AUX_MIN_SIZE = 299
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and the fix."""
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration (``convscope/schema.yaml``)."""
+    return yaml.safe_load(resources.files("convscope").joinpath("schema.yaml").read_text())
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills in each missing property's ``default`` before checking it."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def _key(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    value = json.dumps(error.instance) if not isinstance(error.instance, (dict, list)) else None
+    allowed = {
+        "type": lambda: f"expected {error.validator_value}",
+        "enum": lambda: f"allowed: {', '.join(map(str, error.validator_value))}",
+        "additionalProperties": lambda: f"allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}",
+        "minimum": lambda: f"must be >= {error.validator_value}",
+        "exclusiveMinimum": lambda: f"must be > {error.validator_value}",
+        "maximum": lambda: f"must be <= {error.validator_value}",
+        "exclusiveMaximum": lambda: f"must be < {error.validator_value}",
+        "pattern": lambda: f"must match {error.validator_value}",
+        "required": lambda: "add it",
+    }.get(error.validator, lambda: error.schema.get("description", "see convscope/schema.yaml"))()
+    if error.validator in ("additionalProperties", "required"):
+        return f"config {key}: {error.message}; {allowed}"
+    return f"config {key} = {value}: {error.message}; {allowed}"
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validates a configuration dict against the schema and returns it with every default filled in.
+
+    Raises:
+        ConfigError: naming the first offending key, its value and what is allowed.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
+    resolved = copy.deepcopy(raw)
+    errors = sorted(_Validator(schema()).iter_errors(resolved), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError(_one_line(jsonschema.exceptions.best_match(errors)))
+    return resolved
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """Base of the typed config sections: built from a validated dict, immutable."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        kwargs = {}
+        for f in fields(cls):
+            value = values[f.name]
+            section = _SECTIONS.get((cls.__name__, f.name))
+            if section is not None:
+                value = section.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ShapesConfig(Frozen):
+    image_size: int
+    train_per_class: int
+    test_per_class: int
+    seed: int
+    spurious_class: str | None
+    spurious_texture: str
+    spurious_fraction: float
+
+
+@dataclass(frozen=True)
+class DatasetConfig(Frozen):
+    kind: str
+    name: str | None
+    root: str | None
+    val_fraction: float
+    test_fraction: float
+    split_seed: int
+    on_corrupt: str
+    shapes: ShapesConfig
+
+    @property
+    def folder_name(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class Preprocessing(Frozen):
+    resize: int | None
+    crop: str
+    hflip: bool
+    grayscale: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelConfig(Frozen):
+    name: str
+    arch: str
+    weights: str | None
+    input_size: int
+    preprocessing: Preprocessing
+    optimizer: str
+    lr: float
+    head_lr: float | None
+    weight_decay: float
+    lr_schedule: str
+    label_smoothing: float
+    epochs: int
+    batch_size: int
+    freeze: str
+    aux_logits: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class RuntimeConfig(Frozen):
+    device: str
+    eval_batch_size: int
+
+
+_SECTIONS: dict[tuple[str, str], type[Frozen]] = {
+    ("DatasetConfig", "shapes"): ShapesConfig,
+    ("ModelConfig", "preprocessing"): Preprocessing,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    dataset: DatasetConfig
+    models: tuple[ModelConfig, ...]
+    runtime: RuntimeConfig
+    raw: dict[str, Any]
+
+    def model(self, name: str) -> ModelConfig:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise ConfigError(f"unknown model {name!r}; configured models: {', '.join(self.model_names)}")
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+def classification_archs() -> list[str]:
+    """Names of torchvision's classification model builders."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def min_input_size(model: ModelConfig) -> int:
+    """The smallest input side the architecture accepts with these settings."""
+    if model.arch == "inception_v3":
+        return INCEPTION_AUX_MIN_SIZE if model.aux_logits else INCEPTION_MIN_SIZE
+    return 16
+
+
+def _check_model(index: int, model: ModelConfig, archs: list[str]) -> None:
+    key = f"config models[{index}]"
+    if model.arch not in archs:
+        raise ConfigError(f"{key}.arch = {model.arch!r} is not a torchvision classification model; choose one of: {', '.join(archs)}")
+    if model.input_size < min_input_size(model):
+        fix = "set aux_logits: false (needs >= 75) or raise input_size" if model.arch == "inception_v3" and model.aux_logits else "raise input_size"
+        raise ConfigError(f"{key}.input_size = {model.input_size} is too small for {model.arch} (needs >= {min_input_size(model)}); {fix}")
+    resize = model.preprocessing.resize
+    if resize is not None and resize < model.input_size:
+        raise ConfigError(f"{key}.preprocessing.resize = {resize} is smaller than input_size {model.input_size}; resize to at least input_size")
+    if model.weights not in (None, IMAGENET_WEIGHTS) and not Path(model.weights).is_file():
+        raise ConfigError(f"{key}.weights: file {model.weights!r} not found; put the weights file there or fix the path")
+
+
+def load_config(raw: dict[str, Any]) -> Config:
+    """Validates a configuration dict and returns the typed, frozen configuration.
+
+    Raises:
+        ConfigError: a one-line message naming the key, the bad value and the fix.
+    """
+    resolved = validate(raw)
+    dataset = DatasetConfig.from_dict(resolved["dataset"])
+    models = tuple(ModelConfig.from_dict(m) for m in resolved["models"])
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"config models: name {duplicates[0]!r} is used twice; give every model a unique name")
+    archs = classification_archs()
+    for index, model in enumerate(models):
+        _check_model(index, model, archs)
+    if dataset.kind != "shapes" and not dataset.root:
+        raise ConfigError(f"config dataset.root is missing; dataset kind {dataset.kind!r} reads a local copy: set dataset.root to its folder")
+    if dataset.root and not Path(dataset.root).is_dir():
+        raise ConfigError(f"config dataset.root: folder {dataset.root!r} not found; put the dataset there or fix the path")
+    return Config(dataset=dataset, models=models, runtime=RuntimeConfig.from_dict(resolved["runtime"]), raw=resolved)
+
+
+def read_config(path: str | Path) -> Config:
+    """Reads a YAML configuration file and returns the validated configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML config (e.g. config/config.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return load_config(raw or {})

@@ -1,0 +1,102 @@
+"""Evaluation: top-1/top-5 per split, per-class accuracy, confusion matrix, per-image predictions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from convscope.config import ModelConfig
+from convscope.data import open_split, write_json_atomic
+from convscope.models import model_from_checkpoint
+from convscope.training import evaluate_loader, load_checkpoint, pick_device, topk_correct
+from convscope.transforms import build_transform
+
+EVAL_SPLITS = ("val", "test")
+
+
+def split_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Top-1, top-5, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    predicted = logits.argmax(dim=1)
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    per_class_total = confusion.sum(dim=1)
+    per_class = {
+        name: (confusion[i, i].item() / per_class_total[i].item()) if per_class_total[i] else None
+        for i, name in enumerate(classes)
+    }
+    return {
+        "n": len(labels),
+        "top1": topk_correct(logits, labels, 1).float().mean().item(),
+        "top5": topk_correct(logits, labels, 5).float().mean().item(),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def prediction_rows(split: str, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> pd.DataFrame:
+    """One row per image: true and predicted class, confidence and the top-5 with confidences."""
+    probabilities = logits.softmax(dim=1)
+    top = probabilities.topk(min(5, len(classes)), dim=1)
+    predicted = top.indices[:, 0]
+    return pd.DataFrame({
+        "split": split,
+        "index": range(len(labels)),
+        "label": labels.tolist(),
+        "label_name": [classes[i] for i in labels.tolist()],
+        "pred": predicted.tolist(),
+        "pred_name": [classes[i] for i in predicted.tolist()],
+        "confidence": top.values[:, 0].tolist(),
+        "correct": (predicted == labels).tolist(),
+        "top5": [" ".join(map(str, row)) for row in top.indices.tolist()],
+        "top5_confidence": [" ".join(f"{p:.6f}" for p in row) for row in top.values.tolist()],
+    })
+
+
+def evaluate_model(
+    checkpoint_path: str | Path,
+    index_path: str | Path,
+    metrics_path: str | Path,
+    predictions_path: str | Path,
+    timings_path: str | Path,
+    device: str = "auto",
+    threads: int | None = None,
+    batch_size: int = 128,
+) -> dict:
+    """Evaluates a checkpoint on the val and test splits and writes metrics, predictions and timings.
+
+    ``metrics.json`` holds only what the model and data determine, so two clean builds give
+    identical files; wall times go to ``timings.json``.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = ModelConfig.from_dict(checkpoint["config"])
+    run_device = pick_device(device)
+    model = model_from_checkpoint(checkpoint).to(run_device)
+    metrics = {"model": config.name, "arch": config.arch, "classes": checkpoint["classes"], "splits": {}}
+    timings, frames = {}, []
+    for split in EVAL_SPLITS:
+        source = open_split(index_path, split, build_transform(config, train=False))
+        if source.classes != checkpoint["classes"]:
+            raise ValueError(
+                f"checkpoint {str(checkpoint_path)!r} was trained on {len(checkpoint['classes'])} classes but the dataset has "
+                f"{len(source.classes)}; retrain the model on this dataset"
+            )
+        started = time.perf_counter()
+        loader = torch.utils.data.DataLoader(source, batch_size=batch_size)
+        logits, labels = evaluate_loader(model, loader, run_device, desc=f"{config.name} {split}")
+        seconds = time.perf_counter() - started
+        timings[split] = {"seconds": seconds, "images_per_s": len(labels) / seconds if seconds else None}
+        metrics["splits"][split] = split_metrics(logits, labels, checkpoint["classes"])
+        frames.append(prediction_rows(split, logits, labels, checkpoint["classes"]))
+        print(f"{config.name} {split}: top-1 {metrics['splits'][split]['top1']:.4f}, top-5 {metrics['splits'][split]['top5']:.4f} (n={len(labels)})")
+    write_json_atomic(Path(metrics_path), metrics)
+    write_json_atomic(Path(timings_path), timings)
+    predictions = pd.concat(frames, ignore_index=True)
+    tmp = Path(predictions_path).with_suffix(".csv.tmp")
+    predictions.to_csv(tmp, index=False, float_format="%.6f")
+    tmp.replace(predictions_path)
+    return metrics

@@ -1,0 +1,90 @@
+"""The workflow's steps as plain functions, and the one place that turns their errors into a clean exit.
+
+Snakemake jobs (``rules/scripts/*.py``) and the ``convscope`` command both call these
+functions; ``guarded`` gives both the same behaviour on bad input: a one-line error
+naming the culprit and the fix, exit status 1, and no half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, TextIO
+
+from convscope.config import ConfigError, DatasetConfig, ModelConfig, RuntimeConfig
+from convscope.data import DatasetError, prepare_dataset, write_json_atomic
+from convscope.evaluation import evaluate_model
+from convscope.models import WeightsError
+from convscope.training import TrainingError, train_model
+
+USER_ERRORS = (ConfigError, DatasetError, WeightsError, TrainingError, ValueError, FileNotFoundError)
+
+
+class _Tee:
+    """Copies a text stream to a log file (print output reaches both the terminal and the log)."""
+
+    def __init__(self, stream: TextIO, log: TextIO) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.stream.flush()
+
+
+def _remove(paths: Iterable[str | Path]) -> None:
+    for path in map(Path, paths):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def guarded(step: Callable[[], object], outputs: Iterable[str | Path] = (), log: str | Path | None = None) -> int:
+    """Runs one step; a user error becomes one line on stderr (and in the log), exit status 1, outputs removed.
+
+    Returns:
+        0 on success, 1 on a user error. Bugs (any other exception) propagate with their traceback.
+    """
+    outputs = list(outputs)
+    with contextlib.ExitStack() as stack:
+        if log is not None:
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            log_file = stack.enter_context(open(log, "w"))
+            stack.enter_context(contextlib.redirect_stdout(_Tee(sys.stdout, log_file)))
+        try:
+            step()
+        except USER_ERRORS as error:
+            _remove(outputs)
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"convscope: error: {message}", file=sys.stderr)
+            if log is not None:
+                print(f"error: {message}", file=log_file)
+            return 1
+    return 0
+
+
+def prepare_data(dataset: DatasetConfig, index_path: str | Path) -> None:
+    """Generates or indexes the dataset into the folder of ``index_path``."""
+    index = prepare_dataset(dataset, Path(index_path).parent)
+    print(f"{dataset.kind}: {len(index.classes)} classes, " + ", ".join(f"{k} {v}" for k, v in index.counts().items()))
+
+
+def train(model: ModelConfig, runtime: RuntimeConfig, index_path: str | Path, checkpoint_path: str | Path,
+          history_path: str | Path, threads: int | None = None) -> None:
+    """Trains one model and writes its checkpoint and its per-epoch history."""
+    checkpoint = train_model(model, index_path, checkpoint_path, device=runtime.device, threads=threads,
+                             eval_batch_size=runtime.eval_batch_size)
+    write_json_atomic(Path(history_path), checkpoint["history"])
+
+
+def evaluate(runtime: RuntimeConfig, index_path: str | Path, checkpoint_path: str | Path, metrics_path: str | Path,
+             predictions_path: str | Path, timings_path: str | Path, threads: int | None = None) -> None:
+    """Evaluates one checkpoint on val and test."""
+    evaluate_model(checkpoint_path, index_path, metrics_path, predictions_path, timings_path, device=runtime.device,
+                   threads=threads, batch_size=runtime.eval_batch_size)

@@ -1,0 +1,15 @@
+"""Where every artifact lives, relative to the workflow directory.
+
+The Snakemake rules use these patterns as outputs (``{model}`` becomes a wildcard) and the
+CLI formats them, so both write the same files.
+"""
+
+DATA_INDEX = "data/{dataset}/index.json"
+CHECKPOINT = "results/{model}/checkpoint.pt"
+HISTORY = "results/{model}/history.json"
+METRICS = "results/{model}/metrics.json"
+PREDICTIONS = "results/{model}/predictions.csv"
+TIMINGS = "results/{model}/timings.json"
+FIGURES = "figures/{model}"
+LOGS = "logs"
+BENCHMARKS = "benchmarks/results"

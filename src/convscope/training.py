@@ -1,0 +1,229 @@
+"""Training and fine-tuning, with deterministic seeding, resume and atomic checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from convscope.config import ModelConfig
+from convscope.data import open_split
+from convscope.models import build_model, head_parameter_names
+from convscope.transforms import build_transform
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA, then MPS, then CPU for ``auto``; the named device otherwise."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def save_atomic(payload: Any, path: Path) -> None:
+    """torch.save through a temporary file and a rename: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        torch.save(payload, tmp)
+    os.replace(tmp.name, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Reads a convscope checkpoint (a plain dict, loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {str(path)!r} not found; run the train step for this model first")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt or foreign files raise several types
+        raise TrainingError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun training") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
+        raise TrainingError(f"checkpoint {str(path)!r} is not a convscope checkpoint; delete it and rerun training")
+    return checkpoint
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-row bool: is the label among the ``k`` highest logits (k capped at the class count)."""
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+
+
+def _logits_and_loss(model: nn.Module, inputs, labels, criterion) -> tuple[torch.Tensor, torch.Tensor]:
+    output = model(inputs)
+    if isinstance(output, tuple) and hasattr(output, "aux_logits"):  # InceptionOutputs in training
+        # Auxiliary loss weighting of torchvision's reference recipe for InceptionV3.
+        return output.logits, criterion(output.logits, labels) + 0.4 * criterion(output.aux_logits, labels)
+    logits = output.logits if hasattr(output, "logits") else output
+    return logits, criterion(logits, labels)
+
+
+def _optimizer(model: nn.Module, config: ModelConfig) -> torch.optim.Optimizer:
+    heads = head_parameter_names(model, config)
+    head = [p for n, p in model.named_parameters() if n in heads]
+    backbone = [p for n, p in model.named_parameters() if n not in heads]
+    if config.freeze == "backbone":
+        for parameter in backbone:
+            parameter.requires_grad_(False)
+        backbone = []
+    groups = [{"params": head, "lr": config.head_lr or config.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": config.lr})
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: ModelConfig, steps: int):
+    if config.lr_schedule == "onecycle":
+        peaks = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps, pct_start=0.2)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader, device: torch.device, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a whole loader, in eval mode."""
+    model.eval()
+    logits, labels = [], []
+    for inputs, batch_labels in tqdm(loader, desc=desc, leave=False, disable=desc is None):
+        output = model(inputs.to(device))
+        logits.append((output.logits if hasattr(output, "logits") else output).float().cpu())
+        labels.append(batch_labels)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _freeze_backbone_norms(model: nn.Module, heads: set[str]) -> None:
+    # A frozen backbone must keep its BatchNorm statistics too, not only its weights.
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(h.startswith(name + ".") for h in heads):
+            module.eval()
+
+
+def train_model(
+    config: ModelConfig,
+    index_path: str | Path,
+    checkpoint_path: str | Path,
+    device: str = "auto",
+    threads: int | None = None,
+    eval_batch_size: int = 128,
+) -> dict:
+    """Trains one model on a prepared dataset and writes its checkpoint atomically.
+
+    The state after every epoch goes to ``resume.pt`` beside the checkpoint; a later call
+    with the same config continues from there, so an interrupted run loses at most one
+    epoch. Every epoch is seeded from ``config.seed`` and its number, so a resumed run
+    ends with the same tensors as an uninterrupted one.
+
+    Returns:
+        The checkpoint dict (see the artifact contract in the README).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    checkpoint_path = Path(checkpoint_path)
+    resume_path = checkpoint_path.with_name("resume.pt")
+    run_device = pick_device(device)
+
+    train_set = open_split(index_path, "train", build_transform(config, train=True))
+    val_set = open_split(index_path, "val", build_transform(config, train=False))
+    classes = train_set.classes
+    torch.manual_seed(config.seed)
+    model = build_model(config, len(classes)).to(run_device)
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    heads = head_parameter_names(model, config)
+    config_dict = dataclasses.asdict(config)
+
+    history: list[dict] = []
+    start_epoch = 0
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state.get("config") == config_dict and state.get("classes") == classes:
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, start_epoch = state["history"], state["epoch"]
+            print(f"resuming {config.name} after epoch {start_epoch} from {resume_path}")
+
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=eval_batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws from the global generator
+        shuffle = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle)
+        model.train()
+        if config.freeze == "backbone":
+            _freeze_backbone_norms(model, heads)
+        seen = loss_sum = top1 = top5 = 0.0
+        bar = tqdm(loader, desc=f"{config.name} epoch {epoch + 1}/{config.epochs}", unit="batch")
+        for step, (inputs, labels) in enumerate(bar):
+            inputs, labels = inputs.to(run_device), labels.to(run_device)
+            logits, loss = _logits_and_loss(model, inputs, labels, criterion)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower models[].lr (now {config.lr}) or check the input data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            n = len(labels)
+            seen += n
+            loss_sum += loss.item() * n
+            top1 += topk_correct(logits.detach(), labels, 1).sum().item()
+            top5 += topk_correct(logits.detach(), labels, 5).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{top1 / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+        val_logits, val_labels = evaluate_loader(model, val_loader, run_device)
+        seconds = time.perf_counter() - started
+        history.append({
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_top1": top1 / seen,
+            "train_top5": top5 / seen,
+            "val_loss": nn.functional.cross_entropy(val_logits, val_labels).item(),
+            "val_top1": topk_correct(val_logits, val_labels, 1).float().mean().item(),
+            "val_top5": topk_correct(val_logits, val_labels, 5).float().mean().item(),
+            "lr": optimizer.param_groups[-1]["lr"],
+            "seconds": seconds,
+        })
+        print(f"{config.name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, val top-1 {history[-1]['val_top1']:.3f}, {seconds:.0f} s")
+        save_atomic({
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": history, "epoch": epoch + 1, "config": config_dict, "classes": classes,
+        }, resume_path)
+
+    checkpoint = {
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "arch": config.arch,
+        "num_classes": len(classes),
+        "classes": classes,
+        "input_size": config.input_size,
+        "mean": list(config.preprocessing.mean),
+        "std": list(config.preprocessing.std),
+        "epoch": config.epochs,
+        "config": config_dict,
+        "history": history,
+    }
+    save_atomic(checkpoint, checkpoint_path)
+    resume_path.unlink(missing_ok=True)
+    return checkpoint

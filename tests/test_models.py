@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torchvision
+
+from conftest import tiny_config
+from convscope.config import min_input_size
+from convscope.models import WeightsError, build_model, head_keys, head_parameter_names
+
+# One or two of each family the figures support; each at the smallest input it accepts.
+ARCHS = ["resnet18", "resnet50", "inception_v3", "vgg11_bn", "densenet121", "mobilenet_v3_small",
+         "efficientnet_b0", "shufflenet_v2_x0_5", "regnet_y_400mf", "squeezenet1_1", "convnext_tiny"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_builds_and_runs_at_its_minimum_size(arch):
+    aux = arch == "inception_v3"
+    config = tiny_config(arch=arch, input_size=299 if aux else 32)
+    size = min_input_size(config) if aux else 32
+    model = build_model(config, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7)
+    assert head_parameter_names(model, config), "the head must be found for fine-tuning"
+
+
+def test_inception_heads_include_the_aux_classifier():
+    keys = head_keys("inception_v3", aux_logits=True, init_weights=False, transform_input=False)
+    assert {"fc.weight", "fc.bias", "AuxLogits.fc.weight", "AuxLogits.fc.bias"} == set(keys)
+
+
+def test_inception_aux_logits_need_299_pixels():
+    model = build_model(tiny_config(arch="inception_v3", input_size=299), num_classes=3).train()
+    out = model(torch.randn(2, 3, 299, 299))
+    assert out.logits.shape == (2, 3) and out.aux_logits.shape == (2, 3)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 3, 298, 298))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "inception_v3"])
+def test_loaded_weights_end_up_in_the_model(tmp_path, arch):
+    torch.manual_seed(1)
+    kwargs = {"aux_logits": True, "init_weights": False} if arch == "inception_v3" else {}
+    source = torchvision.models.get_model(arch, weights=None, num_classes=1000, **kwargs)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    config = tiny_config(arch=arch, input_size=299 if arch == "inception_v3" else 32, weights=str(tmp_path / "w.pth"))
+    model = build_model(config, num_classes=10)
+    own, theirs = model.state_dict(), source.state_dict()
+    heads = head_keys(arch, **({"aux_logits": True, "init_weights": False, "transform_input": True} if kwargs else {}))
+    for key in own:
+        if key in heads:
+            assert own[key].shape[0] == 10
+        else:
+            assert torch.equal(own[key], theirs[key]), key
+    if arch == "inception_v3":
+        assert model.transform_input, "ImageNet Inception weights expect transform_input"
+
+
+def test_same_class_count_keeps_the_head(tmp_path):
+    source = torchvision.models.resnet18(num_classes=10)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "ckpt.pt")  # a convscope-style checkpoint
+    model = build_model(tiny_config(weights=str(tmp_path / "ckpt.pt")), num_classes=10)
+    assert torch.equal(model.fc.weight, source.fc.weight)
+
+
+def test_imagenet_weights_missing_names_the_cache_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match=r"ImageNet weights for resnet18 not found at .*checkpoints/resnet18-[0-9a-f]+\.pth; download https://"):
+        build_model(tiny_config(weights="imagenet"), num_classes=10)
+
+
+def test_imagenet_weights_come_from_the_local_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from convscope.models import imagenet_weights_path
+    source = torchvision.models.resnet18()
+    path = imagenet_weights_path("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), path)
+    model = build_model(tiny_config(weights="imagenet"), num_classes=10)
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
