@@ -12,10 +12,12 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     model="|".join(CONFIG.model_names),
+    family="|".join(FIGURE_FAMILIES),
 
 
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/figures.smk"
 
 
 rule all:

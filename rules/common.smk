@@ -44,4 +44,42 @@ def gpus():
 
 
 def all_outputs():
-    return expand([paths.METRICS, paths.PREDICTIONS], model=CONFIG.model_names)
+    return expand([paths.METRICS, paths.PREDICTIONS], model=CONFIG.model_names) + expand(
+        paths.FIGURE_DIR, model=CONFIG.model_names, family=FIGURE_FAMILIES
+    )
+
+
+FIGURE_FAMILIES = ["architecture", "filters", "feature_maps", "training", "gradcam", "failures"]
+
+
+def figure_settings(wildcards):
+    """One family's figure settings for one model: changing another family's settings reruns nothing here."""
+    figures = CONFIG.raw["figures"]
+    family = wildcards.family
+    if family in ("architecture", "training"):
+        return {}
+    if family == "failures":
+        cam = figures["gradcam"]
+        return {"k": figures["failures"]["k"], "layer": (cam["layers"].get(wildcards.model) or [None])[-1],
+                "method": cam["method"], "cmap": cam["cmap"], "alpha": cam["alpha"]}
+    settings = dict(figures[family])
+    settings["layers"] = settings["layers"].get(wildcards.model)
+    return settings
+
+
+def figure_inputs(wildcards):
+    """What one figure family reads: the checkpoint and data, plus metrics or predictions where it uses them."""
+    inputs = {
+        "index": DATA_INDEX,
+        "checkpoint": paths.CHECKPOINT.format(model=wildcards.model),
+        "code": package_files("figures.__init__", f"figures.{FIGURE_MODULES[wildcards.family]}", "cam"),
+    }
+    if wildcards.family == "training":
+        inputs["metrics"] = paths.METRICS.format(model=wildcards.model)
+    if wildcards.family == "failures":
+        inputs["predictions"] = paths.PREDICTIONS.format(model=wildcards.model)
+    return inputs
+
+
+FIGURE_MODULES = {"architecture": "architecture", "filters": "filters", "feature_maps": "features",
+                  "training": "training", "gradcam": "gradcam", "failures": "failures"}

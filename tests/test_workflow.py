@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, TINY, write_yaml
 
 pytestmark = pytest.mark.slow
+FAMILIES = ("architecture", "filters", "feature_maps", "training", "gradcam", "failures")
 
 TWO_MODELS = {
     "dataset": TINY["dataset"],
@@ -25,11 +27,32 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
-    """Rule name → job count of a dry run, from Snakemake's job-stats table."""
-    result = snakemake(workdir, "--dry-run", "--quiet", "rules")
+def planned_jobs(workdir: Path, *args: str) -> list[str]:
+    """The jobs a dry run would run, as sorted "rule model/family" strings."""
+    result = snakemake(workdir, "--dry-run", *args)
     assert result.returncode == 0, result.stderr
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", result.stdout, re.M) if m.group(1) != "total"}
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout):
+        rule = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if rule:
+            line = re.search(r"wildcards: (.*)", block)
+            wildcards = dict(re.findall(r"(\w+)=([\w-]+)", line.group(1))) if line else {}
+            jobs.append(" ".join([rule.group(1), "/".join(wildcards[k] for k in ("model", "family") if k in wildcards)]).strip())
+    return sorted(jobs)
+
+
+def with_config(workdir: Path, config: dict):
+    """Context: the workflow's config replaced for the duration, then restored."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def swapped():
+        write_yaml(workdir / "config/config.yaml", config)
+        try:
+            yield
+        finally:
+            write_yaml(workdir / "config/config.yaml", TWO_MODELS)
+    return swapped()
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +81,31 @@ def test_rerun_has_nothing_to_do(built):
 
 def test_changing_one_model_reruns_only_that_model(built):
     changed = {**TWO_MODELS, "models": [TWO_MODELS["models"][0], {**TWO_MODELS["models"][1], "epochs": 2}]}
-    write_yaml(built / "config/config.yaml", changed)
-    try:
-        assert planned_jobs(built) == {"train": 1, "evaluate": 1, "all": 1}
-    finally:
-        write_yaml(built / "config/config.yaml", TWO_MODELS)
+    with with_config(built, changed):
+        jobs = planned_jobs(built)
+    figures = [f"figures second/{family}" for family in FAMILIES]
+    assert jobs == sorted(["all", "evaluate second", "train second", *figures])
+
+
+def test_changing_a_gradcam_option_reruns_only_gradcam_and_failures(built):
+    with with_config(built, {**TWO_MODELS, "figures": {"gradcam": {"cmap": "magma"}}}):
+        jobs = planned_jobs(built)
+    assert jobs == sorted(["all"] + [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")])
+
+
+def test_changing_filter_settings_reruns_only_filters(built):
+    with with_config(built, {**TWO_MODELS, "figures": {"filters": {"cmap": "PuOr"}}}):
+        assert planned_jobs(built) == ["all", "figures second/filters", "figures tiny/filters"]
+
+
+def test_every_figure_family_is_built(built):
+    for model in ("tiny", "second"):
+        for family in FAMILIES:
+            files = list((built / f"figures/{model}/{family}").iterdir())
+            assert any(f.suffix == ".png" for f in files) or family == "architecture", (model, family)
+    with np.load(built / "figures/tiny/gradcam/gradcam.npz") as arrays:
+        assert {"inputs", "targets", "labels", "layers"} <= set(arrays.files)
+        assert [f"cam_{layer}" in arrays.files for layer in arrays["layers"]] == [True] * 4
 
 
 def test_invalid_config_fails_before_any_job(built, tmp_path):

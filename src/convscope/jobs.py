@@ -88,3 +88,32 @@ def evaluate(runtime: RuntimeConfig, index_path: str | Path, checkpoint_path: st
     """Evaluates one checkpoint on val and test."""
     evaluate_model(checkpoint_path, index_path, metrics_path, predictions_path, timings_path, device=runtime.device,
                    threads=threads, batch_size=runtime.eval_batch_size)
+
+
+def render_figures(family: str, inputs: dict[str, str], out_dir: str | Path, settings: dict) -> None:
+    """Draws one figure family for one model into ``out_dir``.
+
+    Args:
+        family: architecture, filters, feature_maps, training, gradcam or failures.
+        inputs: paths by role: checkpoint, index, and metrics or predictions where the family reads them.
+        out_dir: the family's folder, e.g. figures/resnet18/gradcam.
+        settings: the family's settings from the config (see schema.yaml, figures).
+    """
+    from convscope.figures import architecture, failures, features, filters, gradcam, training
+
+    checkpoint, index = inputs["checkpoint"], inputs["index"]
+    if family == "architecture":
+        written = architecture.render_architecture(checkpoint, index, out_dir)
+    elif family == "filters":
+        written = filters.render_filters(checkpoint, index, out_dir, **settings)
+    elif family == "feature_maps":
+        written = features.render_feature_maps(checkpoint, index, out_dir, **settings)
+    elif family == "training":
+        written = training.render_training(checkpoint, inputs["metrics"], out_dir)
+    elif family == "gradcam":
+        written = gradcam.render_gradcam(checkpoint, index, out_dir, **settings)
+    elif family == "failures":
+        written = failures.render_failures(checkpoint, index, inputs["predictions"], out_dir, **settings)
+    else:
+        raise ValueError(f"unknown figure family {family!r}")
+    print(f"{family}: wrote {len(written)} files to {out_dir}")

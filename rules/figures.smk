@@ -1,0 +1,19 @@
+rule figures:
+    input:
+        unpack(figure_inputs),
+    output:
+        directory(paths.FIGURE_DIR),
+    params:
+        settings=figure_settings,
+    conda:
+        "../environment.yml"
+    log:
+        "logs/figures/{model}/{family}.log",
+    benchmark:
+        "benchmarks/results/figures/{model}/{family}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "scripts/figures.py"

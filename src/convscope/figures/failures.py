@@ -1,0 +1,254 @@
+"""Failure cases: the most confident misclassifications with Grad-CAM for both classes, and how much of the
+CAM lies on the object (inside its ground-truth mask) for correct and wrong predictions.
+
+``render_failures`` writes ``failures.png``, ``failures.npz``, ``failures.json`` and, when the dataset has object
+masks, ``failure_energy.png``. The energy share of a map is ``sum(cam * mask) / sum(cam)``: 1 means all of
+the map lies on the object, a low share means the model looked at the background. ``mask_area`` in the JSON is
+the mask's mean share of the image per group: what a map spread evenly would score, the baseline to compare with.
+
+``failures.npz`` holds, per failure row: ``inputs`` (model inputs), ``indices``, ``labels``, ``preds``, ``cam_pred``/
+``cam_true`` and ``flags_pred``/``flags_true`` (maps at ``layer``), and with masks ``masks`` (at input geometry),
+``energy_pred``/``energy_true``; and per test image ``test_energy_in_mask`` (NaN for an all-zero map),
+``test_correct`` and ``test_mask_area``, the numbers behind ``failure_energy.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from convscope.cam import ActivationRecorder, grad_cam
+from convscope.config import ModelConfig
+from convscope.data import ImageSource, read_index, shapes
+from convscope.figures import SMALL, model_label, save_arrays, save_figure, save_text
+from convscope.figures.gradcam import (
+    METHOD_NAMES, cam_colorbar, check_options, clear_axes, default_cam_layers, display_images, draw_cam, grid, open_model_and_split, prob,
+)
+
+BATCH_SIZE = 64
+PREDICTION_COLUMNS = ("split", "index", "label", "pred", "confidence")
+# predictions.csv stores confidences with 6 decimals; a larger gap means it came from another checkpoint.
+CONFIDENCE_TOLERANCE = 1e-3
+
+
+def eval_mask(mask: np.ndarray, config: ModelConfig) -> torch.Tensor:
+    """An H×W object mask under the evaluation transform's geometry (resize, centre crop; nearest), as float 0/1."""
+    tensor = torch.from_numpy(np.asarray(mask, dtype=np.uint8))[None]
+    tensor = TF.resize(tensor, [config.preprocessing.resize or config.input_size], interpolation=InterpolationMode.NEAREST, antialias=False)
+    return TF.center_crop(tensor, [config.input_size])[0].float()
+
+
+def energy_in_mask(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per map, the share of CAM energy inside the mask, ``sum(cam * mask) / sum(cam)``; NaN for an all-zero map."""
+    total = cams.sum((1, 2))
+    inside = (cams * masks).sum((1, 2))
+    return torch.where(total > 0, inside / total.clamp(min=torch.finfo(cams.dtype).tiny), torch.nan)
+
+
+def summary(values: np.ndarray) -> dict:
+    """Mean, (sample) standard deviation and count of the finite values; None where undefined."""
+    values = values[np.isfinite(values)]
+    return {"mean": float(values.mean()) if len(values) else None,
+            "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            "n": int(len(values))}
+
+
+def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> pd.DataFrame:
+    """The test rows of ``predictions.csv`` in index order, checked against the test split."""
+    predictions = pd.read_csv(predictions_path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions file {str(predictions_path)!r} lacks columns {missing}; write it with convscope evaluate")
+    test = predictions[predictions["split"] == "test"].sort_values("index").reset_index(drop=True)
+    if test["index"].tolist() != list(range(len(source))) or test["label"].tolist() != source.labels:
+        raise ValueError(f"predictions file {str(predictions_path)!r} does not match the test split ({len(test)} rows for {len(source)} images); rerun evaluate")
+    return test
+
+
+def all_test_energies(model: nn.Module, source: ImageSource, config: ModelConfig, layer: str, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per test image: energy share inside the mask of the predicted class's map, whether the prediction is right,
+    and the mask's share of the image (what a uniform map would score)."""
+    energies, correct, areas = [], [], []
+    loader = torch.utils.data.DataLoader(source, batch_size=BATCH_SIZE)
+    start = 0
+    for inputs, labels in tqdm(loader, desc=f"{config.name} CAM energy in mask", unit="batch"):
+        result = grad_cam(model, inputs, [layer], method=method)
+        masks = torch.stack([eval_mask(source.mask(i), config) for i in range(start, start + len(labels))])
+        energies.append(energy_in_mask(result.maps[layer], masks))
+        correct.append(result.targets == labels)
+        areas.append(masks.mean((1, 2)))
+        start += len(labels)
+    return torch.cat(energies).numpy(), torch.cat(correct).numpy(), torch.cat(areas).numpy()
+
+
+def _textures(index_path: Path) -> list[str] | None:
+    """Background texture name per test image, for the shapes dataset; None for other datasets."""
+    index = read_index(index_path)
+    if index.kind != "shapes":
+        return None
+    rows = shapes.load_arrays(index_path.parent)["textures"][np.asarray(index.refs["test"], dtype=np.int64)]
+    return [shapes.TEXTURES[int(t)] for t in rows]
+
+
+def _contour(ax: Axes, mask: np.ndarray | None) -> None:
+    if mask is not None and mask.any() and not mask.all():
+        ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=0.9)
+
+
+def _as_float(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _failures_figure(config: ModelConfig, rows: pd.DataFrame, images: np.ndarray, arrays: dict[str, np.ndarray], probabilities: torch.Tensor,
+                     energies: dict[str, np.ndarray], textures: list[str] | None, classes: list[str], layer: str,
+                     method: str, cmap: str, alpha: float) -> Figure:
+    fig, axes = grid(len(rows), 3, f"{model_label(config)}: most confident test misclassifications\n{METHOD_NAMES[method]} at {layer}", title_lines=2)
+    for row, record in enumerate(rows.to_dict("records")):
+        mask = arrays["masks"][row] if "masks" in arrays else None
+        axes[row, 0].imshow(images[row])
+        clear_axes(axes[row, 0])
+        _contour(axes[row, 0], mask)
+        on = f" on {textures[record['index']]}" if textures else ""
+        axes[row, 0].set_title(f"test #{record['index']}{on}", fontsize=SMALL)
+        for col, kind in enumerate(("pred", "true"), start=1):
+            target = int(record["pred" if kind == "pred" else "label"])
+            draw_cam(axes[row, col], images[row], arrays[f"cam_{kind}"][row], bool(arrays[f"flags_{kind}"][row]), cmap, alpha)
+            _contour(axes[row, col], mask)
+            share = energies[kind][row] if energies else math.nan
+            inside = f", {share:.0%} in mask" if math.isfinite(share) else ""
+            axes[row, col].set_title(f"{kind}: {classes[target]}\n{prob(probabilities[row, target])}{inside}", fontsize=SMALL)
+    cam_colorbar(fig, axes[:, 1:], cmap)
+    return fig
+
+
+def _energy_figure(config: ModelConfig, energies: np.ndarray, correct: np.ndarray, areas: np.ndarray, stats: dict, layer: str, method: str) -> Figure:
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    bins = np.linspace(0, 1, 21)
+    for key, group, colour in (("correct", correct, "tab:blue"), ("misclassified", ~correct, "tab:red")):
+        values = energies[group & np.isfinite(energies)]
+        mean = stats[key]["mean"]
+        if mean is None:
+            continue
+        std = stats[key]["std"] or 0.0
+        # Large objects score high even for a map spread evenly, so the mask's own share is the baseline to beat.
+        label = f"{key} (n={len(values)}): mean {mean:.2f} ± {std:.2f}; mask covers {areas[group].mean():.2f}"
+        ax.hist(values, bins=bins, density=True, alpha=0.45, color=colour, label=label)
+        ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5)
+    if not any(stats[key]["n"] for key in stats):
+        ax.text(0.5, 0.5, "no non-constant maps to measure", transform=ax.transAxes, ha="center", va="center")
+    else:
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # headroom, so the legend does not cover the bars
+        ax.legend(loc="upper right", fontsize=SMALL, title="dashed: group mean; mask covers: its mean share of the image", title_fontsize=SMALL)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of Grad-CAM energy inside the object mask")
+    ax.set_ylabel("density")
+    ax.set_title(f"{model_label(config)}: where the predicted class's {METHOD_NAMES[method]} lies ({layer})", fontsize=10)
+    return fig
+
+
+def render_failures(
+    checkpoint_path: str | Path,
+    index_path: str | Path,
+    predictions_path: str | Path,
+    out_dir: str | Path,
+    k: int = 6,
+    layer: str | None = None,
+    method: str = "gradcam",
+    cmap: str = "jet",
+    alpha: float = 0.45,
+) -> list[Path]:
+    """The ``k`` most confident test misclassifications with Grad-CAM for the predicted and the true class.
+
+    Failures come from ``predictions.csv`` (confidence descending, ties by index). When the dataset has object
+    masks, the share of CAM energy inside the mask is computed for every test image (predicted class) and
+    summarised for correct and misclassified predictions.
+
+    Args:
+        checkpoint_path: A convscope checkpoint.
+        index_path: The dataset's ``index.json``.
+        predictions_path: The model's ``predictions.csv`` from evaluate.
+        out_dir: Folder for the outputs (created).
+        k: How many failures to show.
+        layer: Module name; None uses the deepest of :func:`~convscope.figures.gradcam.default_cam_layers`.
+        method: "gradcam", "gradcam++" or "layercam".
+        cmap: Matplotlib colour map of the heatmaps.
+        alpha: Opacity of the heatmap over the image.
+
+    Returns:
+        Paths of ``failures.png``, ``failures.npz``, ``failures.json`` and, with masks, ``failure_energy.png``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    check_options(method, cmap, alpha)
+    index_path, out_dir = Path(index_path), Path(out_dir)
+    config, model, source = open_model_and_split(checkpoint_path, index_path, "test")
+    layer = layer if layer is not None else default_cam_layers(model, config.arch)[-1]
+    ActivationRecorder(model, [layer])  # the engine's check: an unknown layer fails here, before any work
+    test = read_test_predictions(predictions_path, source)
+    textures = _textures(index_path)
+    has_masks = len(source) > 0 and source.mask(0) is not None
+
+    wrong = test[test["pred"] != test["label"]]
+    rows = wrong.sort_values(["confidence", "index"], ascending=[False, True], kind="stable").head(k)
+    indices = rows["index"].tolist()
+    size = config.input_size
+    no_maps = np.zeros((0, size, size), np.float32)  # keeps every key present when nothing was misclassified
+    arrays = {"inputs": np.zeros((0, 3, size, size), np.float32), "indices": np.asarray(indices, np.int64),
+              "labels": rows["label"].to_numpy(np.int64), "preds": rows["pred"].to_numpy(np.int64), "layer": np.asarray(layer),
+              "cam_pred": no_maps, "flags_pred": np.zeros(0, bool), "cam_true": no_maps, "flags_true": np.zeros(0, bool)}
+    if has_masks:
+        arrays |= {"masks": no_maps.astype(bool), "energy_pred": np.zeros(0, np.float32), "energy_true": np.zeros(0, np.float32)}
+    energies: dict[str, np.ndarray] = {}
+    if indices:
+        inputs = torch.stack([source[i][0] for i in indices])
+        masks = torch.stack([eval_mask(source.mask(i), config) for i in indices]) if has_masks else None
+        arrays |= {"inputs": inputs.numpy()} | ({"masks": masks.numpy().astype(bool)} if has_masks else {})
+        for kind, column in (("pred", "pred"), ("true", "label")):
+            result = grad_cam(model, inputs, [layer], targets=rows[column].tolist(), method=method)
+            arrays |= {f"cam_{kind}": result.maps[layer].numpy(), f"flags_{kind}": result.flags[layer].numpy()}
+            if has_masks:
+                energies[kind] = arrays[f"energy_{kind}"] = energy_in_mask(result.maps[layer], masks).numpy()
+        probabilities = result.logits.softmax(1)
+        stale = (probabilities[torch.arange(len(indices)), rows["pred"].tolist()] - torch.tensor(rows["confidence"].tolist())).abs()
+        if stale.max() > CONFIDENCE_TOLERANCE:
+            raise ValueError(f"predictions file {str(predictions_path)!r} does not match checkpoint {str(checkpoint_path)!r} (test #{indices[int(stale.argmax())]} differs); rerun evaluate")
+        fig = _failures_figure(config, rows, display_images(inputs, config), arrays, probabilities, energies, textures, source.classes, layer, method, cmap, alpha)
+    else:
+        fig = Figure(figsize=(5, 2), layout="constrained")
+        fig.text(0.5, 0.5, f"{model_label(config)}: no misclassified test images", ha="center", va="center", fontsize=11)
+
+    records = []
+    for row, record in enumerate(rows.to_dict("records")):
+        i, label, pred = int(record["index"]), int(record["label"]), int(record["pred"])
+        entry = {"index": i, "label": label, "label_name": source.classes[label], "pred": pred, "pred_name": source.classes[pred],
+                 "confidence": float(record["confidence"])}
+        if textures:
+            entry["texture"] = textures[i]
+        entry["energy_in_mask_pred"] = _as_float(energies["pred"][row]) if energies else None
+        entry["energy_in_mask_true"] = _as_float(energies["true"][row]) if energies else None
+        records.append(entry)
+    paths = [save_figure(fig, out_dir / "failures.png")]
+
+    stats = mask_area = None
+    if has_masks:
+        values, correct, areas = all_test_energies(model, source, config, layer, method)
+        arrays |= {"test_energy_in_mask": values, "test_correct": correct, "test_mask_area": areas}
+        stats = {"correct": summary(values[correct]), "misclassified": summary(values[~correct])}
+        mask_area = {"correct": summary(areas[correct])["mean"], "misclassified": summary(areas[~correct])["mean"]}
+        energy_figure = save_figure(_energy_figure(config, values, correct, areas, stats, layer, method), out_dir / "failure_energy.png")
+    paths.append(save_arrays(out_dir / "failures.npz", **arrays))
+    summary_json = {"k": k, "layer": layer, "failures": records, "energy_in_mask": stats, "mask_area": mask_area}
+    paths.append(save_text(out_dir / "failures.json", json.dumps(summary_json, indent=1) + "\n"))
+    return paths + ([energy_figure] if has_masks else [])
