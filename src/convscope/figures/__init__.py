@@ -72,6 +72,16 @@ def load_model(checkpoint_path: str | Path) -> tuple[dict, ModelConfig, nn.Modul
     return checkpoint, ModelConfig.from_dict(checkpoint["config"]), model_from_checkpoint(checkpoint)
 
 
+def sample_indices(labels: list[int], num_images: int) -> list[int]:
+    """Up to ``num_images`` positions, round-robin over the classes present (in label order), each class's in index order."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    queues = [by_class[label] for label in sorted(by_class)]
+    picked = [queue[depth] for depth in range(max(map(len, queues), default=0)) for queue in queues if depth < len(queue)]
+    return picked[:num_images]
+
+
 def model_label(config: ModelConfig) -> str:
     """How titles name a model: its configured name, with the architecture when that differs."""
     return config.name if config.name == config.arch else f"{config.name} ({config.arch})"

@@ -10,17 +10,10 @@ from torch import nn
 
 from convscope.cam import ActivationRecorder, conv_module_names
 from convscope.data import open_split
-from convscope.figures import SMALL, check_layers, load_model, model_label, save_arrays, save_figure, stages
+from convscope.figures import SMALL, check_layers, load_model, model_label, sample_indices, save_arrays, save_figure, stages
 from convscope.transforms import build_transform, denormalise
 
 DEFAULT_DEPTH = 4  # default layers: this many of the deepest stage boundaries
-
-
-def sample_indices(labels: list[int], num_classes: int, count: int) -> list[int]:
-    """``count`` test positions spread over classes: the first image of class 0, 1, 2, …, then the second of each, …"""
-    by_class = [[i for i, label in enumerate(labels) if label == c] for c in range(num_classes)]
-    order = [group[r] for r in range(max(map(len, by_class), default=0)) for group in by_class if r < len(group)]
-    return order[:count]
 
 
 def conv_stages(model: nn.Module) -> list[str]:
@@ -100,7 +93,7 @@ def render_feature_maps(
         raise ValueError(f"num_images = {num_images} but the test split has {len(source)} images; lower num_images")
     out_dir = Path(out_dir)
 
-    picked = sample_indices(source.labels, len(source.classes), num_images)
+    picked = sample_indices(source.labels, num_images)
     inputs = torch.stack([source[i][0] for i in picked])
     labels = torch.tensor([source.labels[i] for i in picked])
     hooked = layers or conv_stages(model)

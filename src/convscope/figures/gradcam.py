@@ -24,7 +24,7 @@ from torch import nn
 from convscope.cam import METHODS, ActivationRecorder, CamResult, grad_cam
 from convscope.config import ModelConfig
 from convscope.data import ImageSource, open_split
-from convscope.figures import SMALL, load_model, model_label, save_arrays, save_figure
+from convscope.figures import SMALL, load_model, model_label, sample_indices, save_arrays, save_figure
 from convscope.transforms import build_transform, denormalise
 
 INCEPTION_LAYERS = ("Mixed_5d", "Mixed_6e", "Mixed_7c")
@@ -62,16 +62,6 @@ def default_cam_layers(model: nn.Module, arch: str) -> list[str]:
     if not convs:
         raise ValueError(f"{type(model).__name__} ({arch}) has no Conv2d layer to explain; pass layers explicitly")
     return convs[-1:]
-
-
-def sample_indices(labels: Sequence[int], num_images: int) -> list[int]:
-    """Up to ``num_images`` positions, round-robin over the classes present (in label order), each class's in index order."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(int(label), []).append(i)
-    queues = [by_class[label] for label in sorted(by_class)]
-    picked = [queue[depth] for depth in range(max(map(len, queues), default=0)) for queue in queues if depth < len(queue)]
-    return picked[:num_images]
 
 
 def open_model_and_split(checkpoint_path: str | Path, index_path: str | Path, split: str) -> tuple[ModelConfig, nn.Module, ImageSource]:
