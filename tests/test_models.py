@@ -3,12 +3,16 @@ import torch
 import torchvision
 
 from conftest import tiny_config
-from convscope.config import min_input_size
+from convscope.config import CLASSIFICATION_ARCHS, min_input_size
 from convscope.models import WeightsError, build_model, head_keys, head_parameter_names
 
 # One or two of each family the figures support; each at the smallest input it accepts.
 ARCHS = ["resnet18", "resnet50", "inception_v3", "vgg11_bn", "densenet121", "mobilenet_v3_small",
          "efficientnet_b0", "shufflenet_v2_x0_5", "regnet_y_400mf", "squeezenet1_1", "convnext_tiny"]
+
+
+def test_arch_list_matches_the_installed_torchvision():
+    assert list(CLASSIFICATION_ARCHS) == sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from convscope.config import IMAGENET_WEIGHTS, ModelConfig, classification_archs
+from convscope.config import CLASSIFICATION_ARCHS, IMAGENET_WEIGHTS, ModelConfig
 
 
 class WeightsError(ValueError):
@@ -25,8 +25,8 @@ def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
 
 
 def _construct(arch: str, num_classes: int, **kwargs) -> nn.Module:
-    if arch not in classification_archs():
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(classification_archs())}")
+    if arch not in CLASSIFICATION_ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(CLASSIFICATION_ARCHS)}")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
 
 
