@@ -44,9 +44,7 @@ def gpus():
 
 
 def all_outputs():
-    return expand([paths.METRICS, paths.PREDICTIONS], model=CONFIG.model_names) + expand(
-        paths.FIGURE_DIR, model=CONFIG.model_names, family=FIGURE_FAMILIES
-    )
+    return [paths.REPORT_HTML, paths.REPORT_PDF]
 
 
 FIGURE_FAMILIES = ["architecture", "filters", "feature_maps", "training", "gradcam", "failures"]
@@ -83,3 +81,28 @@ def figure_inputs(wildcards):
 
 FIGURE_MODULES = {"architecture": "architecture", "filters": "filters", "feature_maps": "features",
                   "training": "training", "gradcam": "gradcam", "failures": "failures"}
+
+
+def report_source_inputs(wildcards):
+    """Everything the generated report sections read, per model."""
+    models = CONFIG.model_names
+    return {
+        "index": DATA_INDEX,
+        "checkpoints": expand(paths.CHECKPOINT, model=models),
+        "metrics": expand(paths.METRICS, model=models),
+        "figures": expand(paths.FIGURE_DIR, model=models, family=FIGURE_FAMILIES),
+        "code": package_files("report.sources"),
+    }
+
+
+def report_benchmarks():
+    """Benchmark files of the jobs before the report, for its rule-time table.
+
+    A parameter, not an input: a deleted benchmark file must not rebuild the models, it only drops a table row.
+    """
+    models = CONFIG.model_names
+    return (
+        [f"{paths.BENCHMARKS}/prepare_data.tsv"]
+        + expand(f"{paths.BENCHMARKS}/{{rule}}/{{model}}.tsv", rule=["train", "evaluate"], model=models)
+        + expand(f"{paths.BENCHMARKS}/figures/{{model}}/{{family}}.tsv", model=models, family=FIGURE_FAMILIES)
+    )

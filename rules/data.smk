@@ -9,6 +9,8 @@ rule prepare_data:
         "../environment.yml"
     log:
         "logs/prepare_data.log",
+    benchmark:
+        "benchmarks/results/prepare_data.tsv"
     threads: 1
     resources:
         mem_mb=4000,

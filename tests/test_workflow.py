@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from conftest import REPO, TINY, write_yaml
 
 pytestmark = pytest.mark.slow
 FAMILIES = ("architecture", "filters", "feature_maps", "training", "gradcam", "failures")
+REPORT_JOBS = ["render_report", "report_sources"]
 
 TWO_MODELS = {
     "dataset": TINY["dataset"],
@@ -59,6 +61,8 @@ def with_config(workdir: Path, config: dict):
 def built(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
     write_yaml(workdir / "config/config.yaml", TWO_MODELS)
+    shutil.copytree(REPO / "report", workdir / "report", ignore=shutil.ignore_patterns("_*", ".*"))
+    shutil.copy(REPO / "report/_quarto.yml", workdir / "report")
     result = snakemake(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
@@ -84,18 +88,18 @@ def test_changing_one_model_reruns_only_that_model(built):
     with with_config(built, changed):
         jobs = planned_jobs(built)
     figures = [f"figures second/{family}" for family in FAMILIES]
-    assert jobs == sorted(["all", "evaluate second", "train second", *figures])
+    assert jobs == sorted(["all", "evaluate second", "train second", *figures, *REPORT_JOBS])
 
 
 def test_changing_a_gradcam_option_reruns_only_gradcam_and_failures(built):
     with with_config(built, {**TWO_MODELS, "figures": {"gradcam": {"cmap": "magma"}}}):
         jobs = planned_jobs(built)
-    assert jobs == sorted(["all"] + [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")])
+    assert jobs == sorted(["all", *REPORT_JOBS] + [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")])
 
 
 def test_changing_filter_settings_reruns_only_filters(built):
     with with_config(built, {**TWO_MODELS, "figures": {"filters": {"cmap": "PuOr"}}}):
-        assert planned_jobs(built) == ["all", "figures second/filters", "figures tiny/filters"]
+        assert planned_jobs(built) == sorted(["all", "figures second/filters", "figures tiny/filters", *REPORT_JOBS])
 
 
 def test_editing_a_figure_module_reruns_only_its_family(built):
@@ -104,9 +108,19 @@ def test_editing_a_figure_module_reruns_only_its_family(built):
     original = module.read_text()
     module.write_text(original + "# an edit\n")
     try:
-        assert planned_jobs(built) == ["all", "figures second/filters", "figures tiny/filters"]
+        assert planned_jobs(built) == sorted(["all", "figures second/filters", "figures tiny/filters", *REPORT_JOBS])
     finally:
         module.write_text(original)
+
+
+def test_editing_report_prose_reruns_only_the_render(built):
+    prose = built / "report/report.qmd"
+    original = prose.read_text()
+    prose.write_text(original.replace("# Discussion\n", "# Discussion\n\nA sentence added by hand.\n"))
+    try:
+        assert planned_jobs(built) == ["all", "render_report"]
+    finally:
+        prose.write_text(original)
 
 
 def test_every_figure_family_is_built(built):

@@ -117,3 +117,23 @@ def render_figures(family: str, inputs: dict[str, str], out_dir: str | Path, set
     else:
         raise ValueError(f"unknown figure family {family!r}")
     print(f"{family}: wrote {len(written)} files to {out_dir}")
+
+
+def write_report_sources(model_names: list[str], config: dict, index_path: str | Path, generated_dir: str | Path,
+                         variables_path: str | Path, source_dir: str | Path, benchmarks: list[str]) -> None:
+    """Writes the report's generated sections and variables from the built artifacts (see ``report.sources``)."""
+    from convscope.report.sources import write_sources
+
+    write_sources(model_names, config, index_path, generated_dir, variables_path, source_dir, benchmarks)
+    print(f"report sources: {len(model_names)} model section(s) in {generated_dir}")
+
+
+def render_report(project_dir: str | Path, html_path: str | Path, pdf_path: str | Path) -> None:
+    """Renders the Quarto project to HTML and PDF (Quarto when installed, else pandoc and Typst)."""
+    from convscope.report.render import render_report as render
+
+    written = render(project_dir)
+    for expected in (html_path, pdf_path):
+        if not Path(expected).is_file():
+            raise FileNotFoundError(f"rendering wrote {', '.join(map(str, written.values()))} but not {expected}")
+    print(f"report: {html_path}, {pdf_path}")

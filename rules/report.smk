@@ -1,0 +1,44 @@
+rule report_sources:
+    input:
+        unpack(report_source_inputs),
+    output:
+        generated=directory(paths.REPORT_GENERATED),
+        variables=paths.REPORT_VARIABLES,
+    params:
+        models=CONFIG.model_names,
+        config=CONFIG.raw,
+        benchmarks=report_benchmarks(),
+    conda:
+        "../environment.yml"
+    log:
+        "logs/report/sources.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    script:
+        "scripts/report_sources.py"
+
+
+rule render_report:
+    input:
+        qmd=f"{paths.REPORT_DIR}/report.qmd",
+        project=f"{paths.REPORT_DIR}/_quarto.yml",
+        generated=paths.REPORT_GENERATED,
+        variables=paths.REPORT_VARIABLES,
+        code=package_files("report.render"),
+    output:
+        html=paths.REPORT_HTML,
+        pdf=paths.REPORT_PDF,
+    conda:
+        "../environment.yml"
+    log:
+        "logs/report/render.log",
+    benchmark:
+        "benchmarks/results/render_report.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "scripts/render_report.py"

@@ -1,0 +1,1 @@
+"""The report: generated Quarto sources (``sources``) and their rendering to HTML and PDF (``render``)."""
