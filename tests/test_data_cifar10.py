@@ -9,42 +9,20 @@ import pytest
 
 from convscope.config import load_config
 from convscope.data import DatasetError, cifar10, open_split, prepare_dataset
+from fabricate import CIFAR_CLASSES as CLASSES
+from fabricate import cifar_images as fabricate_images
+from fabricate import write_cifar as write_cifar_batches
+from fabricate import write_cifar_batch as write_batch
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_BATCH = 20  # two images of each class per batch
 N_TRAIN, N_TEST = 5 * PER_BATCH, PER_BATCH
 
 
-def fabricate_images(n: int, first_row: int) -> np.ndarray:
-    """N×32×32×3 images whose red channel is the global row and whose green/blue encode y/x."""
-    y, x = np.mgrid[0:32, 0:32]
-    images = np.empty((n, 32, 32, 3), np.uint8)
-    images[..., 0] = (first_row + np.arange(n))[:, None, None]
-    images[..., 1], images[..., 2] = y * 8, x * 4
-    return images
-
-
-def to_rows(images: np.ndarray) -> np.ndarray:
-    """The file layout, written out plane by plane: 1024 red, then 1024 green, then 1024 blue values."""
-    return np.concatenate([images[..., c].reshape(len(images), 1024) for c in range(3)], axis=1)
-
-
-def write_batch(path, images: np.ndarray, labels: list[int]) -> None:
-    batch = {b"batch_label": path.name.encode(), b"labels": labels, b"data": to_rows(images),
-             b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}
-    path.write_bytes(pickle.dumps(batch))
-
-
 def write_cifar(folder):
     """Five train batches and a test batch; returns all images, train rows then test rows."""
-    folder.mkdir(parents=True)
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": PER_BATCH}))
-    labels = [i % 10 for i in range(PER_BATCH)]
     images = fabricate_images(N_TRAIN + N_TEST, 0)
     images[N_TRAIN] = (255, 0, 0)  # the first test image is plain red
-    for b, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        write_batch(folder / name, images[b * PER_BATCH:(b + 1) * PER_BATCH], labels)
-    return images
+    return write_cifar_batches(folder, PER_BATCH, images)
 
 
 def config(root, **overrides):

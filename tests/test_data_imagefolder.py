@@ -9,14 +9,10 @@ from PIL import Image
 
 from convscope.config import load_config
 from convscope.data import DatasetError, open_split, prepare_dataset, read_index
+from fabricate import save_image as save
 
 CLASS_FOLDERS = ["001.ak47", "002.laptop-101", "003.t-shirt", "257.clutter"]
 CORRUPT = "001.ak47/bad.jpg"
-
-
-def save(image: Image.Image, path, **options) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **options)
 
 
 def rgba_half_transparent() -> Image.Image:

@@ -86,9 +86,11 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], head
 
     A head of the same shape (same class count) is copied too. Any other missing,
     unexpected or mis-shaped key is an error: the file belongs to another architecture.
+    BatchNorm's ``num_batches_tracked`` counters may be absent: files saved before PyTorch 0.4
+    lack them, and ``load_state_dict`` keeps the model's own (as torch does for such files).
     """
     own = model.state_dict()
-    missing = [k for k in own if k not in state and k not in heads]
+    missing = [k for k in own if k not in state and k not in heads and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     misshaped = [k for k in own if k in state and k not in heads and state[k].shape != own[k].shape]
     if missing or unexpected or misshaped:

@@ -147,7 +147,10 @@ def train_model(
     torch.manual_seed(config.seed)
     model = build_model(config, len(classes)).to(run_device)
     optimizer = _optimizer(model, config)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    # BatchNorm cannot train on one image where a layer's output is 1×1 (InceptionV3's aux head, a ResNet's
+    # layer4 at small inputs), so a last batch of a single image is dropped (a different one every epoch).
+    drop_last = len(train_set) % config.batch_size == 1 and len(train_set) > 1
+    steps_per_epoch = len(train_set) // config.batch_size if drop_last else math.ceil(len(train_set) / config.batch_size)
     scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     heads = head_parameter_names(model, config)
@@ -169,7 +172,8 @@ def train_model(
         started = time.perf_counter()
         torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws from the global generator
         shuffle = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle)
+        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle,
+                                             drop_last=drop_last)
         model.train()
         if config.freeze == "backbone":
             _freeze_backbone_norms(model, heads)

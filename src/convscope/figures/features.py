@@ -102,7 +102,11 @@ def render_feature_maps(
     logits = output.logits if hasattr(output, "logits") else output
     probabilities = logits.softmax(dim=1)
     predicted = probabilities.argmax(dim=1)
-    layers = layers or stage_boundaries(hooked, recorder.outputs)[-DEFAULT_DEPTH:]
+    idle = [name for name in hooked if name not in recorder.outputs]
+    if layers and idle:
+        raise ValueError(f"layer {idle[0]!r} does not run when the model evaluates (InceptionV3's AuxLogits runs only in training); choose another layer")
+    # By default, stages that do not run in eval mode (InceptionV3's AuxLogits) have no map to show.
+    layers = layers or stage_boundaries([name for name in hooked if name not in idle], recorder.outputs)[-DEFAULT_DEPTH:]
 
     tops = {}  # layer → top-k channel indices, their mean activations and their maps, each N×k(×h×w)
     arrays: dict[str, object] = {"indices": picked, "labels": labels, "predictions": predicted,
