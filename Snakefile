@@ -18,6 +18,7 @@ wildcard_constraints:
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/figures.smk"
+include: "rules/explain.smk"
 include: "rules/report.smk"
 
 

@@ -74,7 +74,7 @@ def figure_inputs(wildcards):
     }
     if wildcards.family == "training":
         inputs["metrics"] = paths.METRICS.format(model=wildcards.model)
-    if wildcards.family == "failures":
+    if wildcards.family in ("gradcam", "failures"):
         inputs["predictions"] = paths.PREDICTIONS.format(model=wildcards.model)
     return inputs
 
@@ -91,6 +91,8 @@ def report_source_inputs(wildcards):
         "checkpoints": expand(paths.CHECKPOINT, model=models),
         "metrics": expand(paths.METRICS, model=models),
         "figures": expand(paths.FIGURE_DIR, model=models, family=FIGURE_FAMILIES),
+        "explanations": expand(paths.EXPLANATIONS, model=models),
+        "explanation_figures": expand(paths.EXPLANATION_FIGURES, model=models),
         "code": package_files("report.sources"),
     }
 
@@ -105,4 +107,15 @@ def report_benchmarks():
         [f"{paths.BENCHMARKS}/prepare_data.tsv"]
         + expand(f"{paths.BENCHMARKS}/{{rule}}/{{model}}.tsv", rule=["train", "evaluate"], model=models)
         + expand(f"{paths.BENCHMARKS}/figures/{{model}}/{{family}}.tsv", model=models, family=FIGURE_FAMILIES)
+        + expand(f"{paths.BENCHMARKS}/explain/{{model}}.tsv", model=models)
     )
+
+
+def explanation_settings(wildcards):
+    """The explanation-quality settings of one model (see schema.yaml, explanations)."""
+    settings = dict(CONFIG.raw["explanations"])
+    settings["layers"] = settings["layers"].get(wildcards.model)
+    settings["batch_size"] = CONFIG.runtime.eval_batch_size
+    # Heatmaps look alike in every figure: the colour map and opacity are the Grad-CAM figures' ones.
+    settings["cmap"], settings["alpha"] = CONFIG.raw["figures"]["gradcam"]["cmap"], CONFIG.raw["figures"]["gradcam"]["alpha"]
+    return settings

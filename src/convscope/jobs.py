@@ -111,12 +111,21 @@ def render_figures(family: str, inputs: dict[str, str], out_dir: str | Path, set
     elif family == "training":
         written = training.render_training(checkpoint, inputs["metrics"], out_dir)
     elif family == "gradcam":
-        written = gradcam.render_gradcam(checkpoint, index, out_dir, **settings)
+        written = gradcam.render_gradcam(checkpoint, index, out_dir, predictions_path=inputs["predictions"], **settings)
     elif family == "failures":
         written = failures.render_failures(checkpoint, index, inputs["predictions"], out_dir, **settings)
     else:
         raise ValueError(f"unknown figure family {family!r}")
     print(f"{family}: wrote {len(written)} files to {out_dir}")
+
+
+def explain(checkpoint_path: str | Path, index_path: str | Path, out_dir: str | Path, json_path: str | Path,
+            settings: dict) -> None:
+    """Measures how far one model's CAMs can be trusted: localisation, faithfulness, sanity check."""
+    from convscope.figures.explanations import render_explanations
+
+    written = render_explanations(checkpoint_path, index_path, out_dir, json_path, **settings)
+    print(f"explanations: wrote {len(written)} files to {out_dir} and {json_path}")
 
 
 def write_report_sources(model_names: list[str], config: dict, index_path: str | Path, generated_dir: str | Path,

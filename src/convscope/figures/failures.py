@@ -31,13 +31,14 @@ from tqdm import tqdm
 from convscope.cam import ActivationRecorder, grad_cam
 from convscope.config import ModelConfig
 from convscope.data import ImageSource, read_index, shapes
+from convscope.explain import energy_in_mask
 from convscope.figures import SMALL, model_label, save_arrays, save_figure, save_text
 from convscope.figures.gradcam import (
     METHOD_NAMES, cam_colorbar, check_options, clear_axes, default_cam_layers, display_images, draw_cam, grid, open_model_and_split, prob,
+    read_test_predictions,
 )
 
 BATCH_SIZE = 64
-PREDICTION_COLUMNS = ("split", "index", "label", "pred", "confidence")
 # predictions.csv stores confidences with 6 decimals; a larger gap means it came from another checkpoint.
 CONFIDENCE_TOLERANCE = 1e-3
 
@@ -49,31 +50,12 @@ def eval_mask(mask: np.ndarray, config: ModelConfig) -> torch.Tensor:
     return TF.center_crop(tensor, [config.input_size])[0].float()
 
 
-def energy_in_mask(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per map, the share of CAM energy inside the mask, ``sum(cam * mask) / sum(cam)``; NaN for an all-zero map."""
-    total = cams.sum((1, 2))
-    inside = (cams * masks).sum((1, 2))
-    return torch.where(total > 0, inside / total.clamp(min=torch.finfo(cams.dtype).tiny), torch.nan)
-
-
 def summary(values: np.ndarray) -> dict:
     """Mean, (sample) standard deviation and count of the finite values; None where undefined."""
     values = values[np.isfinite(values)]
     return {"mean": float(values.mean()) if len(values) else None,
             "std": float(values.std(ddof=1)) if len(values) > 1 else None,
             "n": int(len(values))}
-
-
-def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> pd.DataFrame:
-    """The test rows of ``predictions.csv`` in index order, checked against the test split."""
-    predictions = pd.read_csv(predictions_path)
-    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
-    if missing:
-        raise ValueError(f"predictions file {str(predictions_path)!r} lacks columns {missing}; write it with convscope evaluate")
-    test = predictions[predictions["split"] == "test"].sort_values("index").reset_index(drop=True)
-    if test["index"].tolist() != list(range(len(source))) or test["label"].tolist() != source.labels:
-        raise ValueError(f"predictions file {str(predictions_path)!r} does not match the test split ({len(test)} rows for {len(source)} images); rerun evaluate")
-    return test
 
 
 def all_test_energies(model: nn.Module, source: ImageSource, config: ModelConfig, layer: str, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

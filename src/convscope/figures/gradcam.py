@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
@@ -28,6 +29,7 @@ from convscope.figures import SMALL, load_model, model_label, sample_indices, sa
 from convscope.transforms import build_transform, denormalise
 
 INCEPTION_LAYERS = ("Mixed_5d", "Mixed_6e", "Mixed_7c")
+PREDICTION_COLUMNS = ("split", "index", "label", "pred", "confidence")
 FEATURE_FAMILIES = ("mobilenet", "efficientnet", "vgg", "densenet")
 CAM_LABEL = "Grad-CAM, normalised per map"
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
@@ -71,6 +73,18 @@ def open_model_and_split(checkpoint_path: str | Path, index_path: str | Path, sp
     if source.classes != checkpoint["classes"]:
         raise ValueError(f"checkpoint {str(checkpoint_path)!r} was trained on classes {checkpoint['classes']} but {str(index_path)!r} has {source.classes}; use the matching dataset")
     return config, model, source
+
+
+def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> pd.DataFrame:
+    """The test rows of ``predictions.csv`` in index order, checked against the test split."""
+    predictions = pd.read_csv(predictions_path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions file {str(predictions_path)!r} lacks columns {missing}; write it with convscope evaluate")
+    test = predictions[predictions["split"] == "test"].sort_values("index").reset_index(drop=True)
+    if test["index"].tolist() != list(range(len(source))) or test["label"].tolist() != source.labels:
+        raise ValueError(f"predictions file {str(predictions_path)!r} does not match the test split ({len(test)} rows for {len(source)} images); rerun evaluate")
+    return test
 
 
 def check_options(method: str, cmap: str, alpha: float) -> None:
@@ -169,10 +183,13 @@ def render_gradcam(
     cmap: str = "jet",
     alpha: float = 0.45,
     split: str = "test",
+    correct_only: bool = False,
+    predictions_path: str | Path | None = None,
 ) -> list[Path]:
     """Grad-CAM of sample images at several layers, and for the predicted, true and runner-up classes.
 
-    Samples are the first images of each class in index order, taken round-robin over the classes. One
+    Samples are the first images of each class in index order (with ``correct_only``, of the correctly
+    classified ones), taken round-robin over the classes. One
     ``grad_cam`` call explains the predicted class at every layer; the class figure explains the last
     (deepest) layer once per target set.
 
@@ -186,6 +203,8 @@ def render_gradcam(
         cmap: Matplotlib colour map of the heatmaps.
         alpha: Opacity of the heatmap over the image.
         split: Which split to sample.
+        correct_only: Sample only test images the model classifies correctly (needs ``predictions_path``).
+        predictions_path: The model's ``predictions.csv`` from evaluate.
 
     Returns:
         Paths of ``gradcam.npz``, ``gradcam_layers.png``, ``gradcam_classes.npz`` and ``gradcam_classes.png``.
@@ -200,7 +219,15 @@ def render_gradcam(
         raise ValueError(f"split {split!r} of {str(index_path)!r} has no images")
     out_dir = Path(out_dir)
 
-    indices = sample_indices(source.labels, num_images)
+    candidates = list(range(len(source)))
+    if correct_only:
+        if split != "test" or predictions_path is None:
+            raise ValueError("correct_only needs the test split and the model's predictions.csv")
+        rows = read_test_predictions(predictions_path, source)
+        candidates = rows.index[rows["pred"] == rows["label"]].tolist()
+        if not candidates:
+            raise ValueError(f"no test image is classified correctly by {config.name}; set figures.gradcam.correct_only: false")
+    indices = [candidates[i] for i in sample_indices([source.labels[i] for i in candidates], num_images)]
     inputs = torch.stack([source[i][0] for i in indices]).float()
     labels = [source.labels[i] for i in indices]
     result = grad_cam(model, inputs, layers, method=method)

@@ -1,0 +1,428 @@
+"""Numbers that say whether a class activation map can be trusted.
+
+Every function works on a batch: maps are N×H×W tensors at input size where higher means more salient (the
+CAM engine's maps lie in [0, 1]), masks are N×H×W object masks (bool or 0/1).
+
+* Localisation, for datasets with object masks: the pointing game (Zhang et al. 2016: is the map's maximum on
+  the object, up to a small tolerance?) and the energy-based pointing game (Wang et al. 2020, Score-CAM: the
+  share of the map's mass on the object), with two baselines that use the same functions: a Gaussian peaked at
+  the image centre and seeded uniform noise.
+* Faithfulness, for any dataset: deletion and insertion curves and their areas (RISE, Petsiuk et al. 2018).
+* Sanity: cascading randomisation of the weights from the head down (Adebayo et al. 2018); a method whose
+  maps barely change as its model is destroyed explains the image, not the model.
+
+A map without a defined maximum (constant, non-finite, or flagged blank by the engine) is *undefined*: the
+localisation metrics give NaN for it, and callers leave NaNs out of their means and report how many there were.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
+
+from convscope.cam import _logits_of, grad_cam
+from convscope.figures import stages
+
+TOLERANCE_AT_224 = 15.0  # pointing-game tolerance in pixels at 224 px input (Zhang et al.), scaled to the input side
+BLUR_SIGMA_AT_224 = 5.0  # RISE's insertion blur (sigma 5, kernel 11) at 224 px, scaled to the input side
+# A method passes the sanity check when the mean Spearman correlation between its maps of the trained and of the
+# fully randomised model falls below this: fewer than half of the ranks survive the destruction of every weight.
+SANITY_THRESHOLD = 0.5
+
+
+def _check_maps(maps: Tensor, name: str = "maps") -> None:
+    if not isinstance(maps, Tensor) or maps.dim() != 3 or not maps.is_floating_point() or maps.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty floating N×H×W tensor, got {tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}")
+
+
+def _check_pair(maps: Tensor, other: Tensor, name: str) -> None:
+    _check_maps(maps)
+    if not isinstance(other, Tensor) or other.shape != maps.shape:
+        raise ValueError(f"{name} must be a tensor of the maps' shape {tuple(maps.shape)}, got {tuple(other.shape) if isinstance(other, Tensor) else type(other).__name__}")
+
+
+def _check_flags(flags: Tensor | None, n: int) -> None:
+    if flags is not None and (not isinstance(flags, Tensor) or flags.shape != (n,)):
+        raise ValueError(f"flags must be a bool tensor of shape ({n},), got {tuple(flags.shape) if isinstance(flags, Tensor) else type(flags).__name__}")
+
+
+# --- localisation ----------------------------------------------------------------------------------------------
+
+
+def undefined_maps(maps: Tensor, flags: Tensor | None = None) -> Tensor:
+    """Per map, True where it has no defined maximum: constant, non-finite, or flagged by the engine.
+
+    Args:
+        maps: N×H×W maps.
+        flags: Optional N bools from the engine (``CamResult.flags``), True for blank or broken maps.
+    """
+    _check_maps(maps)
+    _check_flags(flags, len(maps))
+    high, low = maps.amax((1, 2)), maps.amin((1, 2))  # both propagate NaN, and ±inf shows in one of them
+    undefined = ~(torch.isfinite(high) & torch.isfinite(low)) | (high == low)
+    return undefined if flags is None else undefined | flags.to(device=maps.device, dtype=torch.bool)
+
+
+def tolerance_pixels(side: int) -> float:
+    """The pointing game's tolerance for an input of ``side`` pixels: 15 px at 224 px, in proportion."""
+    return TOLERANCE_AT_224 * side / 224
+
+
+def dilate(masks: Tensor, radius: float) -> Tensor:
+    """N×H×W bool masks grown by a disc of ``radius`` pixels: True within that distance of the object."""
+    if not isinstance(masks, Tensor) or masks.dim() != 3:
+        raise ValueError(f"masks must be an N×H×W tensor, got {tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    r = int(radius)
+    offsets = torch.arange(-r, r + 1, dtype=torch.float32, device=masks.device)
+    disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
+    # Sums of 0/1 products are exact in float32, so "> 0" is exactly "some object pixel within the disc".
+    return F.conv2d(masks.float()[:, None], disc[None, None], padding=r)[:, 0] > 0
+
+
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: float | None = None, flags: Tensor | None = None) -> Tensor:
+    """Per map, whether its maximum lies on the object (1) or not (0); NaN for undefined maps.
+
+    The mask is grown by ``tolerance`` pixels first. Where several pixels share the maximum (flat tops left by
+    upsampling a coarse map, or a binary map), the score is the share of them that hit, so ties favour no corner.
+
+    Args:
+        maps: N×H×W maps.
+        masks: N×H×W object masks. With ``tolerance=0`` they are used as given, e.g. masks that
+            :func:`dilate` grew once for many maps.
+        tolerance: Radius in pixels; None gives :func:`tolerance_pixels` of the input side.
+        flags: Optional engine flags (see :func:`undefined_maps`).
+
+    Returns:
+        N floats in [0, 1] (0 or 1 for a unique maximum), NaN where the map is undefined.
+    """
+    _check_pair(maps, masks, "masks")
+    tolerance = tolerance_pixels(min(maps.shape[-2:])) if tolerance is None else tolerance
+    near = dilate(masks, tolerance)
+    undefined = undefined_maps(maps, flags)
+    peaks = maps == maps.amax((1, 2), keepdim=True)
+    hits = (peaks & near).sum((1, 2)) / peaks.sum((1, 2)).clamp(min=1)
+    return torch.where(undefined, torch.nan, hits.to(maps.dtype))
+
+
+def energy_in_mask(cams: Tensor, masks: Tensor) -> Tensor:
+    """Per map, the share of CAM energy inside the mask, ``sum(cam * mask) / sum(cam)``; NaN for an all-zero map."""
+    total = cams.sum((1, 2))
+    inside = (cams * masks).sum((1, 2))
+    return torch.where(total > 0, inside / total.clamp(min=torch.finfo(cams.dtype).tiny), torch.nan)
+
+
+def energy_pointing_game(maps: Tensor, masks: Tensor, flags: Tensor | None = None) -> Tensor:
+    """Per map, the share of its mass inside the object mask (Score-CAM's energy-based pointing game).
+
+    Args:
+        maps: N×H×W non-negative maps.
+        masks: N×H×W object masks.
+        flags: Optional engine flags (see :func:`undefined_maps`).
+
+    Returns:
+        N floats in [0, 1]; NaN where the map is undefined, so both pointing games count the same maps.
+    """
+    _check_pair(maps, masks, "masks")
+    if (maps < 0).any():
+        raise ValueError(f"maps must be non-negative for an energy share, got a minimum of {maps.min().item():.3g}")
+    return torch.where(undefined_maps(maps, flags), torch.nan, energy_in_mask(maps, masks.to(maps.dtype)))
+
+
+def centre_maps(n: int, height: int, width: int) -> Tensor:
+    """N identical maps peaked at the image centre: a Gaussian with sigma a quarter of the shorter side, max 1."""
+    y = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
+    x = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
+    sigma = min(height, width) / 4
+    peak = torch.exp(-(y[:, None] ** 2 + x[None] ** 2) / (2 * sigma**2))
+    return peak.expand(n, height, width)
+
+
+def random_maps(n: int, height: int, width: int, seed: int) -> Tensor:
+    """N maps of uniform noise in [0, 1), the same for the same seed."""
+    return torch.rand(n, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+# --- faithfulness ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Curves:
+    """Deletion and insertion curves of a batch of maps.
+
+    Attributes:
+        fractions: S+1 shares of the pixels changed at each step, 0 to 1.
+        deletion: N×(S+1) softmax probability of the target class as the most salient pixels are deleted.
+        insertion: N×(S+1) the same as they are inserted into the blurred image.
+    """
+
+    fractions: Tensor
+    deletion: Tensor
+    insertion: Tensor
+
+    @property
+    def deletion_auc(self) -> Tensor:
+        """N areas under the deletion curves (lower is better: the map found what the score needs)."""
+        return auc(self.deletion, self.fractions)
+
+    @property
+    def insertion_auc(self) -> Tensor:
+        """N areas under the insertion curves (higher is better)."""
+        return auc(self.insertion, self.fractions)
+
+
+def auc(curves: Tensor, fractions: Tensor) -> Tensor:
+    """Trapezoid area under each curve (last dimension) over the fraction axis."""
+    return torch.trapezoid(curves, fractions.to(curves.dtype), dim=-1)
+
+
+def pixel_ranks(maps: Tensor) -> Tensor:
+    """Each pixel's rank in its map, 0 for the most salient: a unique order, ties going to the earlier pixel in
+    raster order, so a flat region is consumed a fixed number of pixels at a time rather than all at once."""
+    _check_maps(maps)
+    flat = maps.flatten(1)
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    positions = torch.arange(flat.shape[1], device=maps.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions).view_as(maps)
+
+
+def step_counts(num_pixels: int, steps: int) -> Tensor:
+    """How many pixels are changed after each of ``steps`` equal steps: ``round(k * num_pixels / steps)``, k = 0..steps."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.div(torch.arange(steps + 1) * num_pixels + steps // 2, steps, rounding_mode="floor")
+
+
+def blurred(inputs: Tensor) -> Tensor:
+    """The insertion start: RISE's Gaussian blur (sigma 5, kernel 11 at 224 px), scaled to the input side."""
+    sigma = BLUR_SIGMA_AT_224 * min(inputs.shape[-2:]) / 224
+    size = 2 * max(1, round(sigma)) + 1
+    return TF.gaussian_blur(inputs, [size, size], [sigma, sigma])
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _curve(model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+    """N×(S+1) target probabilities of the step images: ``end`` where a pixel's rank is below the step's count,
+    ``start`` elsewhere. The (image, step) pairs are built and scored ``batch_size`` at a time."""
+    n, steps = len(start), len(counts)
+    image, step = torch.arange(n).repeat_interleave(steps), torch.arange(steps).repeat(n)
+    probabilities = []
+    for chunk in torch.arange(n * steps).split(batch_size):
+        i, k = image[chunk], step[chunk]
+        changed = (ranks[i] < counts[k, None, None].to(ranks.device))[:, None]
+        logits = _logits_of(model(torch.where(changed, end[i], start[i])))
+        if targets.max() >= logits.shape[1]:
+            raise ValueError(f"targets must lie in [0, {logits.shape[1]}) for this model, got {targets.tolist()}")
+        probabilities.append(logits.softmax(1).gather(1, targets[i, None].to(logits.device))[:, 0])
+    return torch.cat(probabilities).view(n, steps)
+
+
+def deletion_insertion(model: nn.Module, inputs: Tensor, maps: Tensor, targets: Tensor | Sequence[int], steps: int = 16, batch_size: int = 64) -> Curves:
+    """Deletion and insertion curves of each map (RISE protocol).
+
+    Pixels are ranked by the map (see :func:`pixel_ranks`); after step k of ``steps`` the first
+    ``round(k * H * W / steps)`` of them, all channels, are replaced. Deletion replaces them with 0, the dataset
+    mean in normalised input space; insertion starts from :func:`blurred` inputs and puts the original pixels
+    back. The score is the softmax probability of the target class, in eval mode without gradients.
+
+    Args:
+        model: A classifier returning N×K logits (its train/eval modes are restored afterwards).
+        inputs: N×C×H×W normalised model inputs.
+        maps: N×H×W finite maps at input size.
+        targets: N class indices, usually the class each map explains.
+        steps: Equal steps from 0 to every pixel (the curves have ``steps + 1`` points).
+        batch_size: Step images per forward pass.
+
+    Returns:
+        The :class:`Curves`.
+    """
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
+    n, _, height, width = inputs.shape
+    _check_maps(maps)
+    if maps.shape != (n, height, width):
+        raise ValueError(f"maps must be N×H×W = {(n, height, width)} to match the inputs, got {tuple(maps.shape)}")
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps must be finite to rank pixels; replace NaN/inf maps (the engine's maps always are)")
+    targets = torch.as_tensor(targets).reshape(-1)
+    if targets.is_floating_point() or targets.numel() != n or (targets < 0).any():
+        raise ValueError(f"targets must be {n} non-negative integer class indices, got {targets.tolist()}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    ranks, counts = pixel_ranks(maps), step_counts(height * width, steps)
+    with _eval_mode(model), torch.inference_mode():
+        deletion = _curve(model, inputs, torch.zeros_like(inputs), ranks, counts, targets, batch_size)
+        insertion = _curve(model, blurred(inputs), inputs, ranks, counts, targets, batch_size)
+    return Curves(fractions=counts.float() / (height * width), deletion=deletion, insertion=insertion)
+
+
+# --- sanity: cascading randomisation ---------------------------------------------------------------------------
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks 1..M along the last dimension, tied values sharing their average rank (``scipy.stats.rankdata``)."""
+    ordered, order = values.sort(dim=-1, stable=True)
+    positions = torch.arange(values.shape[-1], dtype=torch.float64, device=values.device).expand(ordered.shape)
+    starts = torch.ones(ordered.shape, dtype=torch.bool, device=values.device)
+    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    ends = torch.ones_like(starts)
+    ends[..., :-1] = starts[..., 1:]
+    # Each element's tie group runs from the last start at or before it to the first end at or after it.
+    first = torch.where(starts, positions, 0).cummax(-1).values
+    last = torch.where(ends, positions, math.inf).flip(-1).cummin(-1).values.flip(-1)
+    return torch.empty(ordered.shape, dtype=torch.float64, device=values.device).scatter_(-1, order, (first + last) / 2 + 1)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation of each pair of maps (N×… each, compared over all other dimensions).
+
+    Ties get average ranks, as ``scipy.stats.spearmanr``; NaN where either map is constant.
+    """
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.dim() < 2:
+        raise ValueError(f"spearman needs two tensors of one N×… shape, got {tuple(getattr(a, 'shape', ()))} and {tuple(getattr(b, 'shape', ()))}")
+    ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return ((ra * rb).sum(1) / (ra.square().sum(1) * rb.square().sum(1)).sqrt()).float()
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean structural similarity of each pair of N×H×W maps in [0, 1] (Wang et al. 2004).
+
+    A Gaussian window (``window`` wide, shrunk to fit small maps) slides over the positions where it fits
+    whole; constants C1 = 0.01², C2 = 0.03² for a data range of 1. Identical maps score 1.
+    """
+    _check_pair(a, b, "b")
+    window = min(window, *a.shape[-2:])
+    window -= 1 - window % 2  # odd, so the window has a centre pixel
+    offsets = torch.arange(window, dtype=torch.float32, device=a.device) - (window - 1) / 2
+    g = torch.exp(-offsets**2 / (2 * sigma**2))
+    g = g / g.sum()
+
+    def smooth(x: Tensor) -> Tensor:  # separable Gaussian filter, "valid" positions only
+        return F.conv2d(F.conv2d(x[:, None], g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))[:, 0]
+
+    a, b = a.float(), b.float()
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = smooth(a), smooth(b)
+    var_a, var_b, cov = smooth(a * a) - mu_a**2, smooth(b * b) - mu_b**2, smooth(a * b) - mu_a * mu_b
+    index = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return index.mean((1, 2))
+
+
+def randomisable_stages(model: nn.Module) -> list[str]:
+    """Names of the model's stages (:func:`convscope.figures.stages`) that have parameters, head first."""
+    return [name for name, stage in reversed(stages(model).items()) if next(stage.parameters(), None) is not None]
+
+
+def _reinitialise(stage: nn.Module, seed: int) -> None:
+    """Draws the stage's weights afresh: each module's own ``reset_parameters`` (BatchNorm also forgets its running
+    statistics); parameters of modules without one are shuffled, which keeps their scale but not their order."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # the caller's random stream stays untouched
+        torch.manual_seed(seed)
+        reset: set[int] = set()
+        for module in stage.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+                reset.update(id(p) for p in module.parameters(recurse=False))
+        for p in stage.parameters():
+            if id(p) not in reset:
+                p.copy_(p.flatten()[torch.randperm(p.numel())].view_as(p))
+
+
+@dataclass
+class Sanity:
+    """Maps of one method as a model's stages are randomised one after another, head first.
+
+    Attributes:
+        steps: Step k (1-based in prose, 0-based here) randomises ``steps[k]`` on top of every earlier one.
+        targets: N explained classes: the trained model's predictions, kept for every step.
+        original: N×H×W maps of the trained model.
+        undefined: N bools: the original map is undefined (see :func:`undefined_maps`); such images get NaN.
+        maps: S×N×H×W maps after each step.
+        spearman: S×N rank correlations with the original (0 where the randomised map is undefined: none of its
+            order survived).
+        ssim: S×N structural similarity with the original.
+    """
+
+    steps: list[str]
+    targets: Tensor
+    original: Tensor
+    undefined: Tensor
+    maps: Tensor
+    spearman: Tensor
+    ssim: Tensor
+
+    @property
+    def mean_spearman(self) -> Tensor:
+        """S means over the images with a defined original map (NaN when there are none)."""
+        return self.spearman.nanmean(1)
+
+    @property
+    def mean_ssim(self) -> Tensor:
+        """S means over the images with a defined original map."""
+        return self.ssim.nanmean(1)
+
+    @property
+    def passes(self) -> bool | None:
+        """Whether the fully randomised maps have lost their order: mean Spearman below :data:`SANITY_THRESHOLD`."""
+        final = float(self.mean_spearman[-1])
+        return None if math.isnan(final) else final < SANITY_THRESHOLD
+
+
+def cascading_randomisation(model: nn.Module, inputs: Tensor, layer: str, method: str = "gradcam", targets: Tensor | Sequence[int] | None = None, seed: int = 0) -> Sanity:
+    """Adebayo et al.'s cascading randomisation: maps of the same images and classes as the weights are
+    re-initialised stage by stage from the head downward, compared with the trained model's maps.
+
+    Works on a deep copy: the caller's model, and the global random stream, are left as they were.
+
+    Args:
+        model: A classifier.
+        inputs: N×C×H×W model inputs.
+        layer: The module whose maps are compared.
+        method: "gradcam", "gradcam++" or "layercam".
+        targets: N classes to explain; None takes the trained model's predictions.
+        seed: Seed of the re-initialisation (step k uses ``seed + k``).
+
+    Returns:
+        The :class:`Sanity` record.
+    """
+    trained = grad_cam(model, inputs, [layer], targets=targets, method=method)
+    original = trained.maps[layer]
+    undefined = undefined_maps(original, trained.flags[layer])
+    randomised = copy.deepcopy(model)
+    names = randomisable_stages(randomised)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no stage with parameters to randomise")
+    modules = stages(randomised)
+    maps = []
+    for step, name in enumerate(names):
+        _reinitialise(modules[name], seed + step)
+        maps.append(grad_cam(randomised, inputs, [layer], targets=trained.targets, method=method).maps[layer])
+    maps = torch.stack(maps)
+    s, n = maps.shape[:2]
+    pairs = (original.expand_as(maps).reshape(s * n, *original.shape[1:]), maps.reshape(s * n, *original.shape[1:]))
+    rho = spearman(*pairs).view(s, n).nan_to_num(0.0)  # NaN here means a constant randomised map: nothing kept
+    similarity = ssim(*pairs).view(s, n)
+    return Sanity(steps=names, targets=trained.targets, original=original, undefined=undefined, maps=maps,
+                  spearman=torch.where(undefined, torch.nan, rho), ssim=torch.where(undefined, torch.nan, similarity))
