@@ -37,8 +37,10 @@ CALTECH_PROFILE = "caltech256-resnet50-inceptionv3.yaml"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 FILE_SEED = 1234  # the fabricated "ImageNet" weights: not the init a model with seed 0 would get
 FIRST_CONV = {"resnet18": "conv1.weight", "resnet50": "conv1.weight", "inception_v3": "Conv2d_1a_3x3.conv.weight"}
-CALTECH_FOLDERS = ["001.ak47", "002.american-flag", "257.clutter"]
-GRAYSCALE = "002.american-flag/002_0003.jpg"
+# One folder name full of Markdown and Typst specials: the report must print it as it is.
+SPECIAL = "a*b_c#d$e@f<g"
+CALTECH_FOLDERS = ["001.ak47", f"002.{SPECIAL}", "257.clutter"]
+GRAYSCALE = f"002.{SPECIAL}/002_0003.jpg"
 slow = pytest.mark.slow
 
 
@@ -135,7 +137,10 @@ def cifar_build(tmp_path_factory):
     tiny["dataset"]["root"] = str(tmp / "raw")
     tiny["models"][0].update(epochs=1, batch_size=16)
     tiny["figures"]["gradcam"]["num_images"] = 3
-    assert changed_keys(profile, tiny) == {"dataset.root", "models[*].epochs", "models[*].batch_size", "figures.gradcam.num_images"}
+    # One epoch on 50 images may classify no test image correctly; tests/test_figures_cam.py covers correct_only.
+    tiny["figures"]["gradcam"]["correct_only"] = False
+    assert changed_keys(profile, tiny) == {"dataset.root", "models[*].epochs", "models[*].batch_size", "figures.gradcam.num_images",
+                                           "figures.gradcam.correct_only"}
     build(tmp / "work", tiny, tmp / "torch")
     return tmp / "work", saved
 
@@ -197,7 +202,7 @@ def caltech_build(tmp_path_factory):
 def test_caltech256_profile_cleans_names_and_fine_tunes_both_models(caltech_build):
     workdir, saved = caltech_build
     index = json.loads((workdir / "data/caltech256/index.json").read_text())
-    classes = ["ak47", "american-flag", "clutter"]
+    classes = ["ak47", SPECIAL, "clutter"]
     assert index["classes"] == classes and GRAYSCALE in sum(index["refs"].values(), [])
     assert [len(index["refs"][s]) for s in ("train", "val", "test")] == [9, 3, 3]
     resnet = assert_checkpoint(workdir, "resnet50", "resnet50", classes, 224, 256, saved["resnet50"])
@@ -222,6 +227,15 @@ def test_caltech256_profile_stage_tables_and_gradcam(caltech_build):
         assert list(maps["layers"]) == ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]  # AuxLogits skipped
     for model, layer in (("resnet50", "layer4"), ("inception_v3", "Mixed_7c")):
         assert json.loads((workdir / f"figures/{model}/failures/failures.json").read_text())["layer"] == layer
+
+
+@slow
+def test_caltech256_report_prints_class_names_literally(caltech_build):
+    workdir, _ = caltech_build
+    html = (workdir / "report/_output/report.html").read_text()
+    assert (workdir / "report/_output/report.pdf").read_bytes().startswith(b"%PDF-")
+    assert SPECIAL.replace("<", "&lt;") in html  # in the dataset section's class list
+    assert "Table 1: " in html and "Figure 1: " in html and "resnet50" in html and "inception_v3" in html
 
 
 # The profiles as shipped, and the package bugs they exposed (fast: no workflow run).

@@ -167,6 +167,20 @@ def test_gradcam_npz_contract_and_engine(run, index_path):
         np.testing.assert_allclose(classes["cam_runner_up"], runner_up.maps[layers[-1]].numpy(), atol=1e-6, rtol=0)
 
 
+def test_correct_only_explains_correctly_classified_images(resnet_run, index_path, tmp_path):
+    rows = pd.read_csv(resnet_run["predictions"]).query("split == 'test'").sort_values("index")
+    correct = rows[rows["pred"] == rows["label"]]
+    assert 0 < len(correct) < len(rows)  # random weights: some right, some wrong, so the filter matters
+    render_gradcam(resnet_run["checkpoint"], index_path, tmp_path, num_images=4, correct_only=True,
+                   predictions_path=resnet_run["predictions"])
+    with np.load(tmp_path / "gradcam.npz") as arrays:
+        assert arrays["targets"].tolist() == arrays["labels"].tolist()
+        expected = correct["index"].to_numpy()[sample_indices(correct["label"].tolist(), 4)]
+        assert arrays["labels"].tolist() == rows.set_index("index").loc[expected, "label"].tolist()
+    with pytest.raises(ValueError, match="correct_only needs the test split and the model's predictions.csv"):
+        render_gradcam(resnet_run["checkpoint"], index_path, tmp_path, correct_only=True)
+
+
 def test_failures_are_the_most_confident_and_energy_is_by_hand(run, index_path):
     folder = run["folder"] / "figs"
     assert sorted(p.name for p in run["failures"]) == ["failure_energy.png", "failures.json", "failures.npz", "failures.png"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -88,13 +89,15 @@ def test_changing_one_model_reruns_only_that_model(built):
     with with_config(built, changed):
         jobs = planned_jobs(built)
     figures = [f"figures second/{family}" for family in FAMILIES]
-    assert jobs == sorted(["all", "evaluate second", "train second", *figures, *REPORT_JOBS])
+    assert jobs == sorted(["all", "evaluate second", "explain second", "train second", *figures, *REPORT_JOBS])
 
 
-def test_changing_a_gradcam_option_reruns_only_gradcam_and_failures(built):
+def test_changing_a_gradcam_option_reruns_only_cam_figures_and_the_report(built):
     with with_config(built, {**TWO_MODELS, "figures": {"gradcam": {"cmap": "magma"}}}):
         jobs = planned_jobs(built)
-    assert jobs == sorted(["all", *REPORT_JOBS] + [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")])
+    # The explanation figures draw their heatmaps with the Grad-CAM colours, so they follow too.
+    expected = [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")] + ["explain tiny", "explain second"]
+    assert jobs == sorted(["all", *REPORT_JOBS, *expected])
 
 
 def test_changing_filter_settings_reruns_only_filters(built):
@@ -131,6 +134,40 @@ def test_every_figure_family_is_built(built):
     with np.load(built / "figures/tiny/gradcam/gradcam.npz") as arrays:
         assert {"inputs", "targets", "labels", "layers"} <= set(arrays.files)
         assert [f"cam_{layer}" in arrays.files for layer in arrays["layers"]] == [True] * 4
+
+
+def test_report_is_rendered_from_the_build(built):
+    html = (built / "report/_output/report.html").read_text()
+    assert (built / "report/_output/report.pdf").read_bytes().startswith(b"%PDF-")
+    # Self-contained: every image is embedded, and every figure the generated sections show made it in.
+    sources = re.findall(r'<img[^>]* src="([^"]*)"', html)
+    generated = (built / "report/_generated/models.qmd").read_text()
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert len(sources) == generated.count("](_generated/figures/")
+    # Numbered captions and resolved references; no shortcode or citation left unexpanded.
+    assert "Figure 1: " in html and "Table 1: " in html and ">Table 1</a>" in html
+    assert "{{<" not in html and "?@" not in html
+    test_top1 = json.loads((built / "results/tiny/metrics.json").read_text())["splits"]["test"]["top1"]
+    assert f"{100 * test_top1:.1f}%" in html
+    variables = (built / "report/_variables.yml").read_text()
+    assert "best:" in variables and "test_top1:" in variables
+    appendix = (built / "report/_generated/appendix.qmd").read_text()
+    for model in ("tiny", "second"):
+        assert hashlib.sha256((built / f"results/{model}/checkpoint.pt").read_bytes()).hexdigest() in appendix
+        assert f"train | {model}" in appendix
+
+
+def test_explanation_quality_is_measured_for_every_method(built):
+    for model in ("tiny", "second"):
+        report = json.loads((built / f"results/{model}/explanations.json").read_text())
+        assert list(report["methods"]) == ["gradcam", "gradcam++", "layercam"]
+        for method in report["methods"].values():
+            assert method["localisation"] is not None  # shapes has object masks
+            assert 0 <= method["faithfulness"]["deletion_auc"] <= 1 and len(method["sanity"]["spearman"]) >= 2
+        names = {p.name for p in (built / f"figures/{model}/explanations").iterdir()}
+        assert {"localisation.png", "deletion_insertion.png", "sanity_curves.png", "sanity_maps.png"} <= names
+    generated = (built / "report/_generated/models.qmd").read_text()
+    assert "#tbl-tiny-faithfulness" in generated and "#fig-second-sanity" in generated
 
 
 def test_invalid_config_fails_before_any_job(built, tmp_path):

@@ -29,6 +29,7 @@ import yaml
 from PIL import Image
 
 from convscope import paths
+from convscope.figures.gradcam import METHOD_NAMES
 from convscope.report.render import escape_markdown as md
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
@@ -51,7 +52,7 @@ class ModelArtifacts:
     parameters: int
     metrics: dict[str, Any]
     figures: Path  # figures/{model}
-    explanations: dict[str, Any] | None
+    explanations: dict[str, Any]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -90,8 +91,7 @@ def load_model_artifacts(name: str, workdir: Path) -> ModelArtifacts:
     checkpoint = load_checkpoint(checkpoint_path)
     parameters = sum(p.numel() for p in model_from_checkpoint(checkpoint).parameters())
     metrics = json.loads((workdir / paths.METRICS.format(model=name)).read_text())
-    explanations_path = workdir / paths.EXPLANATIONS.format(model=name)
-    explanations = json.loads(explanations_path.read_text()) if explanations_path.is_file() else None
+    explanations = json.loads((workdir / paths.EXPLANATIONS.format(model=name)).read_text())
     return ModelArtifacts(name, checkpoint, sha256(checkpoint_path), parameters, metrics,
                           workdir / paths.FIGURE_DIR.format(model=name, family="").rstrip("/"), explanations)
 
@@ -301,8 +301,57 @@ def failure_section(m: ModelArtifacts, figure: FigureCopier) -> list[str]:
     return out
 
 
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def explanation_section(m: ModelArtifacts, figure: FigureCopier) -> list[str]:
-    return []  # filled in by the explanations issue
+    """Localisation, faithfulness and sanity check of each CAM method, beside their baselines."""
+    report, f, s = m.explanations, m.figures / "explanations", m.slug
+    methods = list(report["methods"])
+    names = [md(METHOD_NAMES.get(method, method)) for method in methods]
+    layer = md(report["layer"])
+    out = ["### Can the heatmaps be trusted?", ""]
+    localisation = report["methods"][methods[0]]["localisation"]
+    if localisation is None:
+        out += [f"Localisation is not measured: {md(report['methods'][methods[0]]['localisation_skipped'])}.", ""]
+    else:
+        deepest = report["layers"][-1]
+        baselines = localisation[deepest]["baselines"]
+        rows = []
+        for name, groups in [*zip(names, (report["methods"][k]["localisation"][deepest] for k in methods)),
+                             ("*centre-peaked map*", baselines["centre"]), ("*random map*", baselines["random"])]:
+            rows.append([name] + [_score(groups[g][metric]) for metric in ("pointing_game", "energy")
+                                  for g in ("all", "correct", "misclassified")])
+        n = localisation[deepest]
+        out += [f"**Localisation.** On the {n['all']['n']:,} test images, @tbl-{s}-localisation gives the pointing game "
+                f"(is the map's maximum on the object, within {report['tolerance_px']:g} px?) and the energy-based pointing "
+                f"game (the share of the map's mass on the object) at `{md(deepest)}`, for correctly classified and "
+                "misclassified images, beside a map peaked at the image centre and a random map. A method that beats "
+                f"neither baseline does not localise the object. @fig-{s}-localisation shows every explained layer.", "",
+                table(["map", "pointing game", "(correct)", "(misclassified)", "energy", "(correct)", "(misclassified)"], rows,
+                      f"Localisation of {m.label}'s heatmaps at {md(deepest)} (higher is better)", f"{s}-localisation", "lrrrrrr"),
+                figure(f / "localisation.png", m, "localisation", f"Pointing game and energy in the object mask of {m.label}, per layer and method")]
+    rows = []
+    for name, method in zip(names, methods):
+        faith, sanity = report["methods"][method]["faithfulness"], report["methods"][method]["sanity"]
+        verdict = {True: "passes", False: "**fails**", None: "–"}[sanity["passes"]]
+        rows.append([name, _score(faith["deletion_auc"]), _score(faith["insertion_auc"]),
+                     _score(sanity["spearman"][-1]), _score(sanity["ssim"][-1]), verdict])
+    faith = report["methods"][methods[0]]["faithfulness"]
+    rows.append(["*random map*", _score(faith["random_deletion_auc"]), _score(faith["random_insertion_auc"]), "–", "–", "–"])
+    out += [f"**Faithfulness and sanity.** On {report['num_images']} test images spread over the classes, @tbl-{s}-faithfulness "
+            f"gives the deletion AUC (pixels removed most salient first; lower means the map found what the score "
+            f"depends on) and the insertion AUC (pixels restored into a blurred image; higher is better) of the "
+            f"maps at `{layer}`, beside a random map (@fig-{s}-curves). The sanity check randomises the weights stage by "
+            f"stage from the head down: a method passes when its maps stop resembling the originals (mean Spearman "
+            f"correlation below {report['sanity_threshold']:g} once every stage is random; @fig-{s}-sanity, @fig-{s}-sanity-maps).", "",
+            table(["map", "deletion AUC", "insertion AUC", "Spearman, all random", "SSIM, all random", "sanity check"], rows,
+                  f"Faithfulness and sanity check of {m.label}'s heatmaps at {layer}", f"{s}-faithfulness", "lrrrrl"),
+            figure(f / "deletion_insertion.png", m, "curves", f"Deletion and insertion curves of {m.label}'s heatmaps, mean over images"),
+            figure(f / "sanity_curves.png", m, "sanity", f"Similarity of {m.label}'s heatmaps to the originals as stages are randomised"),
+            figure(f / "sanity_maps.png", m, "sanity-maps", f"Heatmaps of {m.label} as its stages are randomised, head first")]
+    return out
 
 
 def git_state(source_dir: Path) -> str:
