@@ -31,6 +31,9 @@ lock:
 ## bench: speed and memory measurements, printed as tables
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gradcam.py
+	$(BIN)/python benchmarks/bench_explain.py
 
+## clean: remove everything the build generated (datasets you put under data/raw/ stay)
 clean:
-	rm -rf data results figures logs report/_output report/_generated .snakemake
+	find data -mindepth 1 -maxdepth 1 ! -name raw -exec rm -rf {} + 2>/dev/null || true
+	rm -rf results figures logs benchmarks/results report/_output report/_generated report/_variables.yml report/.quarto .snakemake

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from convscope.config import load_config
@@ -36,3 +37,12 @@ def tiny_index(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     prepare_dataset(load_config(TINY).dataset, out)
     return out / "index.json"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny tensors: more threads only add synchronisation on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

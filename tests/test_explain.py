@@ -26,16 +26,10 @@ from convscope.figures.gradcam import open_model_and_split
 from convscope.models import model_from_checkpoint
 from convscope.training import load_checkpoint, train_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FIGURES = ["deletion_insertion.png", "localisation.png", "sanity_curves.png", "sanity_maps.png"]
 SUMMARY_KEYS = {"pointing_game", "energy", "n", "flagged"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation on a busy machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

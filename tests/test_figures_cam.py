@@ -26,20 +26,14 @@ from convscope.models import model_from_checkpoint
 from convscope.training import load_checkpoint
 from convscope.transforms import build_transform
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHAPES = {"image_size": 32, "train_per_class": 4, "test_per_class": 3}
 # ResNet at the images' own 32 px (mask geometry is the identity); Inception needs >= 75 px, so its transform
 # resizes 32 → 80 and the masks are resized with it. The deepest default layers are 1×1 at these sizes (constant
 # maps, no energy share), so the failures use one stage shallower.
 RUNS = {"resnet18": {"input_size": 32, "layer": "layer3", "num_images": 4}, "inception_v3": {"input_size": 80, "layer": "Mixed_6e", "num_images": 2}}
 K = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation on a busy machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
