@@ -40,6 +40,7 @@ PACKAGES = ("convscope", "torch", "torchvision", "numpy", "pillow", "matplotlib"
             "pypandoc-binary", "typst")
 FEATURE_MAP_FIGURES = 2  # per model in the body; the rest stay in figures/{model}/feature_maps/
 MAX_LISTED_CLASSES = 30
+SATURATED_INSERTION = 0.9  # random-map insertion AUC above which the insertion metric says nothing
 
 
 @dataclass
@@ -345,12 +346,17 @@ def explanation_section(m: ModelArtifacts, figure: FigureCopier) -> list[str]:
                      _score(sanity["spearman"][-1]), _score(sanity["ssim"][-1]), verdict])
     faith = report["methods"][methods[0]]["faithfulness"]
     rows.append(["*random map*", _score(faith["random_deletion_auc"]), _score(faith["random_insertion_auc"]), "–", "–", "–"])
+    # A model that already recognises the blurred image leaves insertion nothing to tell apart.
+    saturated = faith["random_insertion_auc"] is not None and faith["random_insertion_auc"] >= SATURATED_INSERTION
     out += [f"**Faithfulness and sanity.** On {report['num_images']} test images spread over the classes, @tbl-{s}-faithfulness "
             f"gives the deletion AUC (pixels removed most salient first; lower means the map found what the score "
             f"depends on) and the insertion AUC (pixels restored into a blurred image; higher is better) of the "
             f"maps at {layer}, beside a random map (@fig-{s}-deletion-insertion). The sanity check randomises the weights stage by "
             f"stage from the head down: a method passes when its maps stop resembling the originals (mean Spearman "
-            f"correlation below {report['sanity_threshold']:g} once every stage is random; @fig-{s}-sanity, @fig-{s}-sanity-maps).", "",
+            f"correlation below {report['sanity_threshold']:g} once every stage is random; @fig-{s}-sanity, @fig-{s}-sanity-maps)."
+            + (f" Here even a random map reaches an insertion AUC of {_score(faith['random_insertion_auc'])}: the model "
+               "already recognises the blurred image, so insertion cannot tell the maps apart and deletion is the "
+               "informative curve." if saturated else ""), "",
             table(["map", "deletion AUC", "insertion AUC", "Spearman, all random", "SSIM, all random", "sanity check"], rows,
                   f"Faithfulness and sanity check of {m.label}'s heatmaps at {layer}", f"{s}-faithfulness", "lrrrrl"),
             figure(f / "deletion_insertion.png", m, "deletion-insertion", f"Deletion and insertion curves of {m.label}'s heatmaps, mean over images"),
