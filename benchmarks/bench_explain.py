@@ -63,7 +63,7 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
     def curve(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
         # One curve alone, as deletion_insertion runs it (it always runs both).
         with torch.inference_mode():
-            return explain._curve(model, start, end, ranks, counts, targets, batch_size=64)
+            return explain.score_curve(model, start, end, ranks, counts, targets, batch_size=64)
 
     blurred = explain.blurred(x)
     candidates = {

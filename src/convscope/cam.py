@@ -145,7 +145,8 @@ def _minmax(maps: Tensor) -> Tensor:
     return (maps - low) / (maps.amax((1, 2), keepdim=True) - low + 1e-7)
 
 
-def _logits_of(output: Any) -> Tensor:
+def logits_of(output: Any) -> Tensor:
+    """The N×K logits of a classifier's output (a tensor, or an object with ``.logits``)."""
     logits = getattr(output, "logits", output)  # InceptionOutputs, GoogLeNetOutputs, HF-style outputs
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ValueError(f"model must return N×K logits (or an object with .logits), got {type(output).__name__}{tuple(logits.shape) if isinstance(logits, Tensor) else ''}")
@@ -197,7 +198,7 @@ def grad_cam(
         for p in params:
             p.requires_grad_(False)
         with torch.enable_grad(), recorder:
-            logits = _logits_of(model(inputs.detach()))
+            logits = logits_of(model(inputs.detach()))
         for name in recorder.layers:
             out = recorder.outputs.get(name)
             if not isinstance(out, Tensor) or out.dim() != 4:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from convscope.cam import _logits_of, grad_cam
+from convscope.cam import grad_cam, logits_of
 from convscope.figures import stages
 
 TOLERANCE_AT_224 = 15.0  # pointing-game tolerance in pixels at 224 px input (Zhang et al.), scaled to the input side
@@ -220,7 +220,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _curve(model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+def score_curve(model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, targets: Tensor, batch_size: int) -> Tensor:
     """N×(S+1) target probabilities of the step images: ``end`` where a pixel's rank is below the step's count,
     ``start`` elsewhere. The (image, step) pairs are built and scored ``batch_size`` at a time."""
     n, steps = len(start), len(counts)
@@ -229,7 +229,7 @@ def _curve(model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: 
     for chunk in torch.arange(n * steps).split(batch_size):
         i, k = image[chunk], step[chunk]
         changed = (ranks[i] < counts[k, None, None].to(ranks.device))[:, None]
-        logits = _logits_of(model(torch.where(changed, end[i], start[i])))
+        logits = logits_of(model(torch.where(changed, end[i], start[i])))
         if targets.max() >= logits.shape[1]:
             raise ValueError(f"targets must lie in [0, {logits.shape[1]}) for this model, got {targets.tolist()}")
         probabilities.append(logits.softmax(1).gather(1, targets[i, None].to(logits.device))[:, 0])
@@ -272,8 +272,8 @@ def deletion_insertion(model: nn.Module, inputs: Tensor, maps: Tensor, targets: 
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     ranks, counts = pixel_ranks(maps), step_counts(height * width, steps)
     with _eval_mode(model), torch.inference_mode():
-        deletion = _curve(model, inputs, torch.zeros_like(inputs), ranks, counts, targets, batch_size)
-        insertion = _curve(model, blurred(inputs), inputs, ranks, counts, targets, batch_size)
+        deletion = score_curve(model, inputs, torch.zeros_like(inputs), ranks, counts, targets, batch_size)
+        insertion = score_curve(model, blurred(inputs), inputs, ranks, counts, targets, batch_size)
     return Curves(fractions=counts.float() / (height * width), deletion=deletion, insertion=insertion)
 
 
