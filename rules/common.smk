@@ -93,7 +93,7 @@ def report_source_inputs(wildcards):
         "figures": expand(paths.FIGURE_DIR, model=models, family=FIGURE_FAMILIES),
         "explanations": expand(paths.EXPLANATIONS, model=models),
         "explanation_figures": expand(paths.EXPLANATION_FIGURES, model=models),
-        "code": package_files("report.sources"),
+        "code": package_files("report.sources", "report.render", "figures.gradcam"),
     }
 
 
