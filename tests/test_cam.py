@@ -11,6 +11,7 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from convscope.errors import UserError
 from convscope.cam import ActivationRecorder, grad_cam
 
 REFERENCE = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
@@ -226,18 +227,18 @@ def test_hooks_removed_after_exceptions(tiny, monkeypatch):
 
 
 def test_unknown_layer_names_it(resnet18, images):
-    with pytest.raises(ValueError, match="'layer5'") as error:
+    with pytest.raises(UserError, match="'layer5'") as error:
         grad_cam(resnet18, images, ["layer4", "layer5"])
     assert "\n" not in str(error.value) and "did you mean 'layer4'" in str(error.value)
     assert no_hooks(resnet18)
     with torch.device("meta"):  # ~150 conv-bearing modules: the list is cut short
         deep = torchvision.models.resnet50()
-    with pytest.raises(ValueError, match="'nope'") as error:
+    with pytest.raises(UserError, match="'nope'") as error:
         ActivationRecorder(deep, ["nope"])
     assert "\n" not in str(error.value) and str(error.value).endswith("…") and str(error.value).count(",") <= 41
-    with pytest.raises(ValueError, match="sequence of module names"):
+    with pytest.raises(UserError, match="sequence of module names"):
         grad_cam(resnet18, images, "layer4")
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(UserError, match="unknown method"):
         grad_cam(resnet18, images, ["layer4"], method="scorecam")
 
 

@@ -25,6 +25,7 @@ import torchvision
 import yaml
 
 from conftest import REPO, tiny_config, write_yaml
+from convscope.errors import UserError
 from convscope.config import ModelConfig, load_config, read_config
 from convscope.figures.features import render_feature_maps
 from convscope.models import build_model, imagenet_weights_path
@@ -243,7 +244,7 @@ def test_caltech256_report_prints_class_names_literally(caltech_build):
 @pytest.mark.parametrize("name", [CIFAR_PROFILE, CALTECH_PROFILE])
 def test_shipped_profile_fails_only_on_the_missing_dataset(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/raw here
-    with pytest.raises(ValueError, match=r"^config dataset\.root: folder 'data/raw/[\w-]+' not found; put the dataset there"):
+    with pytest.raises(UserError, match=r"^config dataset\.root: folder 'data/raw/[\w-]+' not found; put the dataset there"):
         read_config(EXAMPLES / name)
     profile = shipped(name)
     (tmp_path / profile["dataset"]["root"]).mkdir(parents=True)
@@ -283,5 +284,5 @@ def test_inception_feature_maps_skip_the_aux_head(tiny_index, tmp_path):
     render_feature_maps(tmp_path / "checkpoint.pt", tiny_index, tmp_path / "default", num_images=1, top_k=2)
     with np.load(tmp_path / "default/feature_maps.npz") as maps:
         assert list(maps["layers"]) == ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
-    with pytest.raises(ValueError, match="layer 'AuxLogits' does not run when the model evaluates"):
+    with pytest.raises(UserError, match="layer 'AuxLogits' does not run when the model evaluates"):
         render_feature_maps(tmp_path / "checkpoint.pt", tiny_index, tmp_path / "aux", layers=["AuxLogits"], num_images=1)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_config
+from convscope.errors import UserError
 from convscope import explain
 from convscope.data import ArraySource
 from convscope.explain import (
@@ -256,7 +257,7 @@ def test_sanity_fails_maps_that_ignore_the_weights():
     assert result.mean_spearman.tolist() == pytest.approx([1.0]) and result.mean_ssim.tolist() == pytest.approx([1.0])
     assert result.passes is False
     assert model.head.weight.tolist() == [2.0, 1.0]
-    with pytest.raises(ValueError, match="no stage with parameters"):
+    with pytest.raises(UserError, match="no stage with parameters"):
         cascading_randomisation(nn.Sequential(nn.Identity(), nn.Flatten()), x, "0")
 
 
@@ -361,7 +362,7 @@ def test_dataset_without_masks_skips_localisation(trained, tiny_index, tmp_path,
     ({"cmap": "nope"}, "'nope'"),
 ])
 def test_bad_settings_raise_one_line(trained, tiny_index, tmp_path, settings, named):
-    with pytest.raises(ValueError, match=named.replace("+", r"\+")) as error:
+    with pytest.raises(UserError, match=named.replace("+", r"\+")) as error:
         render(trained, tiny_index, tmp_path, **settings)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "explanations.json").exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from convscope.errors import UserError
 from convscope.config import load_config
 from convscope.data import open_split, prepare_dataset
 from convscope.evaluation import evaluate_model
@@ -134,7 +135,7 @@ def test_first_filter_grid_follows_the_weights(index, checkpoints, tmp_path):
 
 
 def test_unknown_filter_layer_is_named(checkpoints, index, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown conv layer 'layer9\.conv'.*valid conv layers: conv1, layer1\.0\.conv1"):
+    with pytest.raises(UserError, match=r"unknown conv layer 'layer9\.conv'.*valid conv layers: conv1, layer1\.0\.conv1"):
         render_filters(checkpoints["resnet18"], index, tmp_path, layers=["layer9.conv"])
     assert not list(tmp_path.iterdir())  # validated before anything is written
 
@@ -180,7 +181,7 @@ def test_feature_maps_show_the_most_active_channels(arch, settings, expected_lay
 
 
 def test_unknown_feature_layer_is_named(checkpoints, index, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown layer 'layer5' in ResNet; valid layers: .*layer4"):
+    with pytest.raises(UserError, match=r"unknown layer 'layer5' in ResNet; valid layers: .*layer4"):
         render_feature_maps(checkpoints["resnet18"], index, tmp_path, layers=["layer5"])
 
 

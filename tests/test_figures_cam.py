@@ -15,6 +15,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from convscope.errors import UserError
 from convscope.cam import grad_cam
 from convscope.config import ModelConfig, load_config
 from convscope.data import ArraySource, ImageSource, open_split, prepare_dataset, read_index, shapes
@@ -171,7 +172,7 @@ def test_correct_only_explains_correctly_classified_images(resnet_run, index_pat
         assert arrays["targets"].tolist() == arrays["labels"].tolist()
         expected = correct["index"].to_numpy()[sample_indices(correct["label"].tolist(), 4)]
         assert arrays["labels"].tolist() == rows.set_index("index").loc[expected, "label"].tolist()
-    with pytest.raises(ValueError, match="correct_only needs the test split and the model's predictions.csv"):
+    with pytest.raises(UserError, match="correct_only needs the test split and the model's predictions.csv"):
         render_gradcam(resnet_run["checkpoint"], index_path, tmp_path, correct_only=True)
 
 
@@ -253,9 +254,9 @@ def test_no_misclassifications_and_bad_layers(resnet_run, index_path, tmp_path):
     assert json.loads((tmp_path / "failures.json").read_text())["failures"] == []
     with np.load(tmp_path / "failures.npz") as npz:
         assert npz["cam_pred"].shape == (0, 32, 32) and npz["test_correct"].shape == (30,)
-    with pytest.raises(ValueError, match="'layer5'"):
+    with pytest.raises(UserError, match="'layer5'"):
         render_gradcam(run["checkpoint"], index_path, tmp_path, layers=["layer4", "layer5"])
-    with pytest.raises(ValueError, match="'layer9'"):
+    with pytest.raises(UserError, match="'layer9'"):
         render_failures(run["checkpoint"], index_path, run["predictions"], tmp_path, layer="layer9")
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convscope.errors import ConfigError, LayerError
+
 METHODS = ("gradcam", "gradcam++", "layercam")
 _MAX_LISTED = 40
 
@@ -53,7 +55,7 @@ class ActivationRecorder:
 
     def __init__(self, model: nn.Module, layers: Sequence[str], requires_grad: bool = False) -> None:
         if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
-            raise ValueError(f"layers must be a non-empty sequence of module names, got {layers!r}")
+            raise LayerError(f"layers must be a non-empty sequence of module names, got {layers!r}")
         modules = dict(model.named_modules())
         for name in layers:
             if not isinstance(name, str) or not name or name not in modules:
@@ -61,7 +63,7 @@ class ActivationRecorder:
                 shown = ", ".join(valid[:_MAX_LISTED]) + (", …" if len(valid) > _MAX_LISTED else "")
                 close = difflib.get_close_matches(str(name), valid, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"unknown layer {name!r} in {type(model).__name__}; {hint}valid conv layers: {shown}")
+                raise LayerError(f"unknown layer {name!r} in {type(model).__name__}; {hint}valid conv layers: {shown}")
         self.layers = list(dict.fromkeys(layers))  # dedupes, keeps order
         self._modules = {name: modules[name] for name in self.layers}
         self._requires_grad = requires_grad
@@ -177,7 +179,7 @@ def grad_cam(
         A :class:`CamResult` with one map per image and layer.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
     if torch.is_inference_mode_enabled():

@@ -12,13 +12,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from convscope.errors import ConfigError
+
 IMAGENET_WEIGHTS = "imagenet"
 INCEPTION_MIN_SIZE = 75
 INCEPTION_AUX_MIN_SIZE = 299
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key and the fix."""
 
 
 def schema() -> dict[str, Any]:

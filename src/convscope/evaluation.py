@@ -10,6 +10,7 @@ import torch
 
 from convscope.config import ModelConfig
 from convscope.data import open_split, write_json_atomic
+from convscope.errors import ArtifactError
 from convscope.models import model_from_checkpoint
 from convscope.training import evaluate_loader, load_checkpoint, pick_device, topk_correct
 from convscope.transforms import build_transform
@@ -81,7 +82,7 @@ def evaluate_model(
     for split in EVAL_SPLITS:
         source = open_split(index_path, split, build_transform(config, train=False))
         if source.classes != checkpoint["classes"]:
-            raise ValueError(
+            raise ArtifactError(
                 f"checkpoint {str(checkpoint_path)!r} was trained on {len(checkpoint['classes'])} classes but the dataset has "
                 f"{len(source.classes)}; retrain the model on this dataset"
             )

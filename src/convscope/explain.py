@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from convscope.errors import LayerError
 from convscope.cam import grad_cam, logits_of
 from convscope.figures import stages
 
@@ -413,7 +414,7 @@ def cascading_randomisation(model: nn.Module, inputs: Tensor, layer: str, method
     randomised = copy.deepcopy(model)
     names = randomisable_stages(randomised)
     if not names:
-        raise ValueError(f"{type(model).__name__} has no stage with parameters to randomise")
+        raise LayerError(f"{type(model).__name__} has no stage with parameters to randomise")
     modules = stages(randomised)
     maps = []
     for step, name in enumerate(names):

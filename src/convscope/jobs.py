@@ -13,13 +13,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
-from convscope.config import ConfigError, DatasetConfig, ModelConfig, RuntimeConfig
-from convscope.data import DatasetError, prepare_dataset, write_json_atomic
+from convscope.config import DatasetConfig, ModelConfig, RuntimeConfig
+from convscope.data import prepare_dataset, write_json_atomic
+from convscope.errors import ReportError, UserError
 from convscope.evaluation import evaluate_model
-from convscope.models import WeightsError
-from convscope.training import TrainingError, train_model
-
-USER_ERRORS = (ConfigError, DatasetError, WeightsError, TrainingError, ValueError, FileNotFoundError)
+from convscope.training import train_model
 
 
 class _Tee:
@@ -59,7 +57,7 @@ def guarded(step: Callable[[], object], outputs: Iterable[str | Path] = (), log:
             stack.enter_context(contextlib.redirect_stdout(_Tee(sys.stdout, log_file)))
         try:
             step()
-        except USER_ERRORS as error:
+        except UserError as error:
             _remove(outputs)
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"convscope: error: {message}", file=sys.stderr)
@@ -144,5 +142,5 @@ def render_report(project_dir: str | Path, html_path: str | Path, pdf_path: str 
     written = render(project_dir)
     for expected in (html_path, pdf_path):
         if not Path(expected).is_file():
-            raise FileNotFoundError(f"rendering wrote {', '.join(map(str, written.values()))} but not {expected}")
+            raise ReportError(f"rendering wrote {', '.join(map(str, written.values()))} but not {expected}")
     print(f"report: {html_path}, {pdf_path}")

@@ -10,10 +10,7 @@ import torchvision
 from torch import nn
 
 from convscope.config import CLASSIFICATION_ARCHS, IMAGENET_WEIGHTS, ModelConfig
-
-
-class WeightsError(ValueError):
-    """A weights file is missing or does not fit the model; the message names the file and the fix."""
+from convscope.errors import ConfigError, WeightsError
 
 
 def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
@@ -26,7 +23,7 @@ def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
 
 def _construct(arch: str, num_classes: int, **kwargs) -> nn.Module:
     if arch not in CLASSIFICATION_ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(CLASSIFICATION_ARCHS)}")
+        raise ConfigError(f"unknown arch {arch!r}; choose one of: {', '.join(CLASSIFICATION_ARCHS)}")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
 
 

@@ -16,12 +16,9 @@ from tqdm import tqdm
 
 from convscope.config import ModelConfig
 from convscope.data import open_split
+from convscope.errors import TrainingError
 from convscope.models import build_model, head_parameter_names
 from convscope.transforms import build_transform
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to change."""
 
 
 def pick_device(requested: str = "auto") -> torch.device:

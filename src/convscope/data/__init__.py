@@ -21,13 +21,10 @@ import torch
 from PIL import Image
 
 from convscope.config import DatasetConfig
+from convscope.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 INDEX_FILE = "index.json"
-
-
-class DatasetError(ValueError):
-    """A dataset on disk is missing or malformed; the message names the file and the fix."""
 
 
 @dataclass

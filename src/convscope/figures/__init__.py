@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
+from convscope.errors import LayerError
 from convscope.config import ModelConfig  # noqa: E402
 from convscope.models import model_from_checkpoint  # noqa: E402
 from convscope.training import load_checkpoint  # noqa: E402
@@ -106,13 +107,13 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
 def check_layers(model: nn.Module, layers: Iterable[str], valid: Iterable[str], kind: str) -> list[str]:
     """Returns ``layers`` as a list, or raises ValueError naming the first unknown one and listing ``valid``."""
     if isinstance(layers, str):  # list("layer4") would check each letter
-        raise ValueError(f"layers must be a list of {kind} names, got the string {layers!r}; write [{layers!r}]")
+        raise LayerError(f"layers must be a list of {kind} names, got the string {layers!r}; write [{layers!r}]")
     layers, valid = list(layers), list(valid)
     if not layers:
-        raise ValueError(f"layers is empty; name at least one {kind} of {type(model).__name__}: {', '.join(valid)}")
+        raise LayerError(f"layers is empty; name at least one {kind} of {type(model).__name__}: {', '.join(valid)}")
     for name in layers:
         if name not in valid:
-            raise ValueError(f"unknown {kind} {name!r} in {type(model).__name__}; valid {kind}s: {', '.join(valid)}")
+            raise LayerError(f"unknown {kind} {name!r} in {type(model).__name__}; valid {kind}s: {', '.join(valid)}")
     return layers
 
 

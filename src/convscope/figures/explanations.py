@@ -49,6 +49,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
+from convscope.errors import ConfigError, DatasetError
 from convscope.cam import METHODS, ActivationRecorder, grad_cam
 from convscope.config import ModelConfig
 from convscope.data import ImageSource, read_index
@@ -77,18 +78,18 @@ def _number(value: float | None) -> float | None:
 
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     return value
 
 
 def _check_methods(methods: Sequence[str], cmap: str, alpha: float) -> list[str]:
     if isinstance(methods, str):  # list("gradcam") would check each letter
-        raise ValueError(f"methods must be a list of method names, got the string {methods!r}; write [{methods!r}]")
+        raise ConfigError(f"methods must be a list of method names, got the string {methods!r}; write [{methods!r}]")
     methods = list(methods)
     if not methods:
-        raise ValueError(f"methods is empty; choose at least one of: {', '.join(METHODS)}")
+        raise ConfigError(f"methods is empty; choose at least one of: {', '.join(METHODS)}")
     if len(set(methods)) < len(methods):
-        raise ValueError(f"methods lists a method twice: {methods}")
+        raise ConfigError(f"methods lists a method twice: {methods}")
     for method in methods:
         check_options(method, cmap, alpha)
     return methods
@@ -329,12 +330,12 @@ def render_explanations(
     methods = _check_methods(methods, cmap, alpha)
     num_images, steps, batch_size = (_positive_int(name, value) for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size)))
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
     config, model, source = open_model_and_split(checkpoint_path, index_path, "test")
     layers = default_cam_layers(model, config.arch) if layers is None else layers
     layers = ActivationRecorder(model, layers).layers  # the engine's check: an unknown layer fails here, before any work
     if len(source) == 0:
-        raise ValueError(f"the test split of {str(index_path)!r} has no images")
+        raise DatasetError(f"the test split of {str(index_path)!r} has no images")
     out_dir, layer, side = Path(out_dir), layers[-1], config.input_size
     has_masks = source.mask(0) is not None
 

@@ -28,6 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from convscope.errors import ArtifactError, ConfigError
 from convscope.cam import ActivationRecorder, grad_cam
 from convscope.config import ModelConfig
 from convscope.data import ImageSource, read_index, shapes
@@ -172,7 +173,7 @@ def render_failures(
         Paths of ``failures.png``, ``failures.npz``, ``failures.json`` and, with masks, ``failure_energy.png``.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ConfigError(f"k must be >= 1, got {k}")
     check_options(method, cmap, alpha)
     index_path, out_dir = Path(index_path), Path(out_dir)
     config, model, source = open_model_and_split(checkpoint_path, index_path, "test")
@@ -205,7 +206,7 @@ def render_failures(
         probabilities = result.logits.softmax(1)
         stale = (probabilities[torch.arange(len(indices)), rows["pred"].tolist()] - torch.tensor(rows["confidence"].tolist())).abs()
         if stale.max() > CONFIDENCE_TOLERANCE:
-            raise ValueError(f"predictions file {str(predictions_path)!r} does not match checkpoint {str(checkpoint_path)!r} (test #{indices[int(stale.argmax())]} differs); rerun evaluate")
+            raise ArtifactError(f"predictions file {str(predictions_path)!r} does not match checkpoint {str(checkpoint_path)!r} (test #{indices[int(stale.argmax())]} differs); rerun evaluate")
         fig = _failures_figure(config, rows, display_images(inputs, config), arrays, probabilities, energies, textures, source.classes, layer, method, cmap, alpha)
     else:
         fig = Figure(figsize=(5, 2), layout="constrained")

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from convscope.errors import ArtifactError, ConfigError, LayerError
 from convscope.cam import ActivationRecorder, conv_module_names
 from convscope.data import open_split
 from convscope.figures import SMALL, check_layers, load_model, model_label, sample_indices, save_arrays, save_figure, stages
@@ -80,17 +81,17 @@ def render_feature_maps(
         ValueError: a bad count or an unknown layer (the message lists the valid names).
     """
     if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images = {num_images!r}; must be an integer >= 1")
+        raise ConfigError(f"num_images = {num_images!r}; must be an integer >= 1")
     if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k = {top_k!r}; must be an integer >= 1")
+        raise ConfigError(f"top_k = {top_k!r}; must be an integer >= 1")
     checkpoint, config, model = load_model(checkpoint_path)
     if layers is not None:
         layers = check_layers(model, layers, conv_module_names(model), "layer")
     source = open_split(index_path, "test", build_transform(config, train=False))
     if source.classes != checkpoint["classes"]:
-        raise ValueError(f"dataset {str(index_path)!r} has other classes than checkpoint {str(checkpoint_path)!r}; use the dataset the model was trained on")
+        raise ArtifactError(f"dataset {str(index_path)!r} has other classes than checkpoint {str(checkpoint_path)!r}; use the dataset the model was trained on")
     if num_images > len(source):
-        raise ValueError(f"num_images = {num_images} but the test split has {len(source)} images; lower num_images")
+        raise ConfigError(f"num_images = {num_images} but the test split has {len(source)} images; lower num_images")
     out_dir = Path(out_dir)
 
     picked = sample_indices(source.labels, num_images)
@@ -104,7 +105,7 @@ def render_feature_maps(
     predicted = probabilities.argmax(dim=1)
     idle = [name for name in hooked if name not in recorder.outputs]
     if layers and idle:
-        raise ValueError(f"layer {idle[0]!r} does not run when the model evaluates (InceptionV3's AuxLogits runs only in training); choose another layer")
+        raise LayerError(f"layer {idle[0]!r} does not run when the model evaluates (InceptionV3's AuxLogits runs only in training); choose another layer")
     # By default, stages that do not run in eval mode (InceptionV3's AuxLogits) have no map to show.
     layers = layers or stage_boundaries([name for name in hooked if name not in idle], recorder.outputs)[-DEFAULT_DEPTH:]
 

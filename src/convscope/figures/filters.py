@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from convscope.errors import ConfigError, LayerError
 from convscope.figures import SMALL, check_layers, conv_layers, load_model, model_label, pair, save_arrays, save_figure, tile
 
 MAX_SHOWN = 64  # deeper layers: the first 64 filters, an 8×8 grid that stays legible
@@ -18,14 +19,14 @@ def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     for name, conv in conv_layers(model).items():
         if conv.in_channels == 3:
             return name, conv
-    raise ValueError(f"{type(model).__name__} has no Conv2d with 3 input channels; filters need an RGB first layer")
+    raise LayerError(f"{type(model).__name__} has no Conv2d with 3 input channels; filters need an RGB first layer")
 
 
 def default_deep_layer(model: nn.Module) -> str:
     """The last Conv2d with a kernel larger than 1×1 (a 1×1 kernel is a single number per channel)."""
     spatial = [name for name, conv in conv_layers(model).items() if conv.kernel_size != (1, 1)]
     if not spatial:
-        raise ValueError(f"{type(model).__name__} has no Conv2d with a kernel larger than 1×1; pass layers explicitly")
+        raise LayerError(f"{type(model).__name__} has no Conv2d with a kernel larger than 1×1; pass layers explicitly")
     return spatial[-1]
 
 
@@ -96,7 +97,7 @@ def render_filters(
         ValueError: a layer is not a Conv2d of the model (the message lists the valid names).
     """
     if cmap not in plt.colormaps():
-        raise ValueError(f"unknown colour map {cmap!r}; use a matplotlib colour map such as 'RdBu_r' or 'coolwarm'")
+        raise ConfigError(f"unknown colour map {cmap!r}; use a matplotlib colour map such as 'RdBu_r' or 'coolwarm'")
     _, config, model = load_model(checkpoint_path)
     layers = check_layers(model, [default_deep_layer(model)] if layers is None else layers, conv_layers(model), "conv layer")
     out_dir = Path(out_dir)

@@ -22,6 +22,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import nn
 
+from convscope.errors import ArtifactError, ConfigError, DatasetError, LayerError
 from convscope.cam import METHODS, ActivationRecorder, CamResult, grad_cam
 from convscope.config import ModelConfig
 from convscope.data import ImageSource, open_split
@@ -62,7 +63,7 @@ def default_cam_layers(model: nn.Module, arch: str) -> list[str]:
         return [f"features.{candidates[len(candidates) * (i + 1) // count - 1]}" for i in range(count)]
     convs = [name for name, child in model.named_children() if _has_conv(child)]
     if not convs:
-        raise ValueError(f"{type(model).__name__} ({arch}) has no Conv2d layer to explain; pass layers explicitly")
+        raise LayerError(f"{type(model).__name__} ({arch}) has no Conv2d layer to explain; pass layers explicitly")
     return convs[-1:]
 
 
@@ -71,7 +72,7 @@ def open_model_and_split(checkpoint_path: str | Path, index_path: str | Path, sp
     checkpoint, config, model = load_model(checkpoint_path)
     source = open_split(index_path, split, build_transform(config, train=False))
     if source.classes != checkpoint["classes"]:
-        raise ValueError(f"checkpoint {str(checkpoint_path)!r} was trained on classes {checkpoint['classes']} but {str(index_path)!r} has {source.classes}; use the matching dataset")
+        raise ArtifactError(f"checkpoint {str(checkpoint_path)!r} was trained on classes {checkpoint['classes']} but {str(index_path)!r} has {source.classes}; use the matching dataset")
     return config, model, source
 
 
@@ -80,21 +81,21 @@ def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> 
     predictions = pd.read_csv(predictions_path)
     missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
-        raise ValueError(f"predictions file {str(predictions_path)!r} lacks columns {missing}; write it with convscope evaluate")
+        raise ArtifactError(f"predictions file {str(predictions_path)!r} lacks columns {missing}; write it with convscope evaluate")
     test = predictions[predictions["split"] == "test"].sort_values("index").reset_index(drop=True)
     if test["index"].tolist() != list(range(len(source))) or test["label"].tolist() != source.labels:
-        raise ValueError(f"predictions file {str(predictions_path)!r} does not match the test split ({len(test)} rows for {len(source)} images); rerun evaluate")
+        raise ArtifactError(f"predictions file {str(predictions_path)!r} does not match the test split ({len(test)} rows for {len(source)} images); rerun evaluate")
     return test
 
 
 def check_options(method: str, cmap: str, alpha: float) -> None:
     """Raises ValueError for an unknown CAM method or colour map, or an alpha outside [0, 1]."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if cmap not in matplotlib.colormaps:
-        raise ValueError(f"unknown colour map {cmap!r}; use a matplotlib colormap name such as 'jet' or 'inferno'")
+        raise ConfigError(f"unknown colour map {cmap!r}; use a matplotlib colormap name such as 'jet' or 'inferno'")
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
 
 
 def display_images(inputs: torch.Tensor, config: ModelConfig) -> np.ndarray:
@@ -210,23 +211,23 @@ def render_gradcam(
         Paths of ``gradcam.npz``, ``gradcam_layers.png``, ``gradcam_classes.npz`` and ``gradcam_classes.png``.
     """
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"num_images must be >= 1, got {num_images}")
     check_options(method, cmap, alpha)
     config, model, source = open_model_and_split(checkpoint_path, index_path, split)
     layers = list(layers) if layers is not None else default_cam_layers(model, config.arch)
     ActivationRecorder(model, layers)  # the engine's check: an unknown layer fails here, before any work
     if len(source) == 0:
-        raise ValueError(f"split {split!r} of {str(index_path)!r} has no images")
+        raise DatasetError(f"split {split!r} of {str(index_path)!r} has no images")
     out_dir = Path(out_dir)
 
     candidates = list(range(len(source)))
     if correct_only:
         if split != "test" or predictions_path is None:
-            raise ValueError("correct_only needs the test split and the model's predictions.csv")
+            raise ConfigError("correct_only needs the test split and the model's predictions.csv")
         rows = read_test_predictions(predictions_path, source)
         candidates = rows.index[rows["pred"] == rows["label"]].tolist()
         if not candidates:
-            raise ValueError(f"no test image is classified correctly by {config.name}; set figures.gradcam.correct_only: false")
+            raise ConfigError(f"no test image is classified correctly by {config.name}; set figures.gradcam.correct_only: false")
     indices = [candidates[i] for i in sample_indices([source.labels[i] for i in candidates], num_images)]
     inputs = torch.stack([source[i][0] for i in indices]).float()
     labels = [source.labels[i] for i in indices]

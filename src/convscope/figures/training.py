@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.colors import PowerNorm
 from matplotlib.ticker import PercentFormatter
 
+from convscope.errors import ArtifactError
 from convscope.config import ModelConfig
 from convscope.figures import SMALL, model_label, save_arrays, save_figure, save_text
 from convscope.training import load_checkpoint
@@ -105,18 +106,18 @@ def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_d
     """
     metrics_path = Path(metrics_path)
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"metrics file {str(metrics_path)!r} not found; run the evaluate step for this model first")
+        raise ArtifactError(f"metrics file {str(metrics_path)!r} not found; run the evaluate step for this model first")
     checkpoint = load_checkpoint(checkpoint_path)
     history = checkpoint.get("history") or []
     if not history:
-        raise ValueError(f"checkpoint {str(checkpoint_path)!r} has no training history; curves need at least one epoch")
+        raise ArtifactError(f"checkpoint {str(checkpoint_path)!r} has no training history; curves need at least one epoch")
     test = json.loads(metrics_path.read_text()).get("splits", {}).get("test")
     if test is None:
-        raise ValueError(f"metrics file {str(metrics_path)!r} has no test split; rerun the evaluate step")
+        raise ArtifactError(f"metrics file {str(metrics_path)!r} has no test split; rerun the evaluate step")
     classes = checkpoint["classes"]
     counts = np.asarray(test["confusion_matrix"], dtype=np.int64)
     if counts.shape != (len(classes), len(classes)):
-        raise ValueError(f"confusion matrix in {str(metrics_path)!r} is {counts.shape}, the checkpoint has {len(classes)} classes; re-evaluate this checkpoint")
+        raise ArtifactError(f"confusion matrix in {str(metrics_path)!r} is {counts.shape}, the checkpoint has {len(classes)} classes; re-evaluate this checkpoint")
     label = model_label(ModelConfig.from_dict(checkpoint["config"]))
     out_dir = Path(out_dir)
 

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from convscope.errors import ReportError
+
 log = logging.getLogger(__name__)
 
 RESOURCES = Path(__file__).resolve().parent
@@ -90,10 +92,6 @@ _CITATION = re.compile(
 )
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _MD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-
-
-class ReportError(ValueError):
-    """The report source or its rendering failed; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
