@@ -20,8 +20,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## lint: Snakemake's linter on the workflow
+## lint: the static checks CI runs before the tests (ruff, ruff format, snakefmt, Snakemake's linter)
 lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
 
 ## lock: re-pin every dependency for all platforms (needs uv: pip install uv)

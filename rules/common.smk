@@ -1,14 +1,14 @@
-# Helper functions of the workflow: config lookups, paths, wildcard constraints.
+# Helper functions of the workflow: config lookups, paths, the code each job runs.
 # The config is validated (defaults filled in) before any rule is defined, so a bad
 # value stops the run with one line naming the key, before any job starts.
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
-import convscope
-from convscope import paths
-from convscope.config import ConfigError, load_config
+from convscope import codedeps, paths
+from convscope.config import load_config
+from convscope.errors import ConfigError
+from convscope.figures import FAMILIES
 
 try:
     CONFIG = load_config(config)
@@ -16,14 +16,23 @@ except ConfigError as error:
     sys.exit(f"convscope: error: {error}")
 
 DATA_INDEX = paths.DATA_INDEX.format(dataset=CONFIG.dataset.folder_name)
-PACKAGE_DIR = Path(convscope.__file__).parent
+FIGURE_FAMILIES = list(FAMILIES)
+SCRIPTS = Path(workflow.basedir) / "rules" / "scripts"
+# What the package loads by name (importlib), invisible to the import scan: the configured dataset's reader.
+LOADED_BY_NAME = {"convscope.data": [f"convscope.data.{CONFIG.dataset.kind}"]}
 
 
-def package_files(*modules):
-    """Source files of the package modules a job runs; editing one reruns the jobs that list it."""
-    files = [PACKAGE_DIR / f"{module.replace('.', '/')}.py" for module in modules]
-    here = Path.cwd()
-    return [os.path.relpath(f, here) if f.is_relative_to(here) else str(f) for f in files]
+def code(job):
+    """Fingerprint of the code a job's script runs (its import closure, normalised): a param, so editing any
+    module the job imports reruns it, and editing comments, docstrings or layout does not."""
+    return codedeps.fingerprint(SCRIPTS / f"{job}.py", LOADED_BY_NAME)
+
+
+def figure_code(wildcards):
+    family = FAMILIES[wildcards.family]
+    return codedeps.fingerprint(
+        SCRIPTS / "figures.py", LOADED_BY_NAME | {"convscope.figures": [family.module_name]}
+    )
 
 
 def dataset_params():
@@ -47,40 +56,18 @@ def all_outputs():
     return [paths.REPORT_HTML, paths.REPORT_PDF]
 
 
-FIGURE_FAMILIES = ["architecture", "filters", "feature_maps", "training", "gradcam", "failures"]
-
-
 def figure_settings(wildcards):
-    """One family's figure settings for one model: changing another family's settings reruns nothing here."""
-    figures = CONFIG.raw["figures"]
-    family = wildcards.family
-    if family in ("architecture", "training"):
-        return {}
-    if family == "failures":
-        cam = figures["gradcam"]
-        return {"k": figures["failures"]["k"], "layer": (cam["layers"].get(wildcards.model) or [None])[-1],
-                "method": cam["method"], "cmap": cam["cmap"], "alpha": cam["alpha"]}
-    settings = dict(figures[family])
-    settings["layers"] = settings["layers"].get(wildcards.model)
-    return settings
+    """One family's settings for one model: changing another family's settings reruns nothing here."""
+    return FAMILIES[wildcards.family].settings(CONFIG.figures, wildcards.model)
 
 
 def figure_inputs(wildcards):
-    """What one figure family reads: the checkpoint and data, plus metrics or predictions where it uses them."""
-    inputs = {
-        "index": DATA_INDEX,
-        "checkpoint": paths.CHECKPOINT.format(model=wildcards.model),
-        "code": package_files("figures.__init__", f"figures.{FIGURE_MODULES[wildcards.family]}", "cam"),
-    }
-    if wildcards.family == "training":
-        inputs["metrics"] = paths.METRICS.format(model=wildcards.model)
-    if wildcards.family in ("gradcam", "failures"):
-        inputs["predictions"] = paths.PREDICTIONS.format(model=wildcards.model)
+    """What one figure family reads: the checkpoint and the dataset index, plus what its entry names."""
+    artifacts = {"metrics": paths.METRICS, "predictions": paths.PREDICTIONS}
+    inputs = {"index": DATA_INDEX, "checkpoint": paths.CHECKPOINT.format(model=wildcards.model)}
+    for name in FAMILIES[wildcards.family].reads:
+        inputs[name] = artifacts[name].format(model=wildcards.model)
     return inputs
-
-
-FIGURE_MODULES = {"architecture": "architecture", "filters": "filters", "feature_maps": "features",
-                  "training": "training", "gradcam": "gradcam", "failures": "failures"}
 
 
 def report_source_inputs(wildcards):
@@ -93,7 +80,6 @@ def report_source_inputs(wildcards):
         "figures": expand(paths.FIGURE_DIR, model=models, family=FIGURE_FAMILIES),
         "explanations": expand(paths.EXPLANATIONS, model=models),
         "explanation_figures": expand(paths.EXPLANATION_FIGURES, model=models),
-        "code": package_files("report.sources", "report.render", "figures.gradcam"),
     }
 
 
@@ -106,16 +92,22 @@ def report_benchmarks():
     return (
         [f"{paths.BENCHMARKS}/prepare_data.tsv"]
         + expand(f"{paths.BENCHMARKS}/{{rule}}/{{model}}.tsv", rule=["train", "evaluate"], model=models)
-        + expand(f"{paths.BENCHMARKS}/figures/{{model}}/{{family}}.tsv", model=models, family=FIGURE_FAMILIES)
+        + expand(
+            f"{paths.BENCHMARKS}/figures/{{model}}/{{family}}.tsv",
+            model=models,
+            family=FIGURE_FAMILIES,
+        )
         + expand(f"{paths.BENCHMARKS}/explain/{{model}}.tsv", model=models)
     )
 
 
 def explanation_settings(wildcards):
     """The explanation-quality settings of one model (see schema.yaml, explanations)."""
-    settings = dict(CONFIG.raw["explanations"])
-    settings["layers"] = settings["layers"].get(wildcards.model)
+    settings = dataclasses.asdict(CONFIG.explanations)
+    settings["methods"] = list(settings["methods"])
+    layers = settings["layers"].get(wildcards.model)
+    settings["layers"] = None if layers is None else list(layers)
     settings["batch_size"] = CONFIG.runtime.eval_batch_size
     # Heatmaps look alike in every figure: the colour map and opacity are the Grad-CAM figures' ones.
-    settings["cmap"], settings["alpha"] = CONFIG.raw["figures"]["gradcam"]["cmap"], CONFIG.raw["figures"]["gradcam"]["alpha"]
+    settings["cmap"], settings["alpha"] = CONFIG.figures.gradcam.cmap, CONFIG.figures.gradcam.alpha
     return settings

@@ -1,9 +1,8 @@
 rule prepare_data:
-    input:
-        code=package_files("data.__init__", f"data.{CONFIG.dataset.kind}"),
     output:
         index=DATA_INDEX,
     params:
+        code=code("prepare_data"),
         dataset=dataset_params(),
     conda:
         "../environment.yml"

@@ -2,11 +2,11 @@ rule explain:
     input:
         index=DATA_INDEX,
         checkpoint=paths.CHECKPOINT,
-        code=package_files("explain", "cam", "figures.__init__", "figures.gradcam", "figures.failures", "figures.explanations"),
     output:
         explanations=paths.EXPLANATIONS,
         figures=directory(paths.EXPLANATION_FIGURES),
     params:
+        code=code("explain"),
         settings=explanation_settings,
     conda:
         "../environment.yml"

@@ -4,6 +4,7 @@ rule figures:
     output:
         directory(paths.FIGURE_DIR),
     params:
+        code=figure_code,
         settings=figure_settings,
     conda:
         "../environment.yml"

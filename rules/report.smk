@@ -5,6 +5,7 @@ rule report_sources:
         generated=directory(paths.REPORT_GENERATED),
         variables=paths.REPORT_VARIABLES,
     params:
+        code=code("report_sources"),
         models=CONFIG.model_names,
         config=CONFIG.raw,
         benchmarks=report_benchmarks(),
@@ -26,10 +27,11 @@ rule render_report:
         project=f"{paths.REPORT_DIR}/_quarto.yml",
         generated=paths.REPORT_GENERATED,
         variables=paths.REPORT_VARIABLES,
-        code=package_files("report.render"),
     output:
         html=paths.REPORT_HTML,
         pdf=paths.REPORT_PDF,
+    params:
+        code=code("render_report"),
     conda:
         "../environment.yml"
     log:

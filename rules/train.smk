@@ -1,11 +1,11 @@
 rule train:
     input:
         index=DATA_INDEX,
-        code=package_files("training", "models", "transforms", "data.__init__"),
     output:
         checkpoint=paths.CHECKPOINT,
         history=paths.HISTORY,
     params:
+        code=code("train"),
         model=model_params,
         runtime=runtime_params(),
     conda:
@@ -27,12 +27,12 @@ rule evaluate:
     input:
         index=DATA_INDEX,
         checkpoint=paths.CHECKPOINT,
-        code=package_files("evaluation", "models", "transforms", "data.__init__"),
     output:
         metrics=paths.METRICS,
         predictions=paths.PREDICTIONS,
         timings=paths.TIMINGS,
     params:
+        code=code("evaluate"),
         runtime=runtime_params(),
     conda:
         "../environment.yml"

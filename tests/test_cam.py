@@ -236,7 +236,7 @@ def test_unknown_layer_names_it(resnet18, images):
     with pytest.raises(UserError, match="'nope'") as error:
         ActivationRecorder(deep, ["nope"])
     assert "\n" not in str(error.value) and str(error.value).endswith("…") and str(error.value).count(",") <= 41
-    with pytest.raises(UserError, match="sequence of module names"):
+    with pytest.raises(UserError, match="must be a list of layer names"):
         grad_cam(resnet18, images, "layer4")
     with pytest.raises(UserError, match="unknown method"):
         grad_cam(resnet18, images, ["layer4"], method="scorecam")

@@ -22,8 +22,9 @@ from convscope.explain import (
     SANITY_THRESHOLD, cascading_randomisation, centre_maps, deletion_insertion, dilate, energy_pointing_game, pixel_ranks,
     pointing_game, random_maps, spearman, ssim, step_counts, tolerance_pixels, undefined_maps,
 )
-from convscope.figures.explanations import GROUPS, render_explanations
-from convscope.figures.gradcam import open_model_and_split
+from convscope.explanations import GROUPS
+from convscope.figures.explanations import render_explanations
+from convscope.evaluation import open_model_and_split
 from convscope.models import model_from_checkpoint
 from convscope.training import load_checkpoint, train_model
 

@@ -15,7 +15,8 @@ from convscope.errors import UserError
 from convscope.config import load_config
 from convscope.data import open_split, prepare_dataset
 from convscope.evaluation import evaluate_model
-from convscope.figures import conv_layers, load_model
+from convscope.evaluation import load_model
+from convscope.models import conv_layers
 from convscope.figures.architecture import render_architecture
 from convscope.figures.features import render_feature_maps
 from convscope.figures.filters import render_filters
@@ -181,7 +182,7 @@ def test_feature_maps_show_the_most_active_channels(arch, settings, expected_lay
 
 
 def test_unknown_feature_layer_is_named(checkpoints, index, tmp_path):
-    with pytest.raises(UserError, match=r"unknown layer 'layer5' in ResNet; valid layers: .*layer4"):
+    with pytest.raises(UserError, match=r"unknown layer 'layer5' in ResNet; did you mean 'layer4'\? valid layers: .*layer4"):
         render_feature_maps(checkpoints["resnet18"], index, tmp_path, layers=["layer5"])
 
 

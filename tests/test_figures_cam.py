@@ -21,8 +21,9 @@ from convscope.config import ModelConfig, load_config
 from convscope.data import ArraySource, ImageSource, open_split, prepare_dataset, read_index, shapes
 from convscope.evaluation import evaluate_model
 from convscope.figures.failures import render_failures
-from convscope.figures import sample_indices
-from convscope.figures.gradcam import default_cam_layers, render_gradcam
+from convscope.data import sample_indices
+from convscope.figures.gradcam import render_gradcam
+from convscope.models import default_cam_layers
 from convscope.models import model_from_checkpoint
 from convscope.training import load_checkpoint
 from convscope.transforms import build_transform

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,14 +26,15 @@ TWO_MODELS = {
 }
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    environment = None if env is None else {**os.environ, **env}
+    return subprocess.run([*command, "--cores", "2", *args], capture_output=True, text=True, timeout=600, env=environment)
 
 
-def planned_jobs(workdir: Path, *args: str) -> list[str]:
+def planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> list[str]:
     """The jobs a dry run would run, as sorted "rule model/family" strings."""
-    result = snakemake(workdir, "--dry-run", *args)
+    result = snakemake(workdir, "--dry-run", *args, env=env)
     assert result.returncode == 0, result.stderr
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout):
@@ -64,7 +66,8 @@ def built(tmp_path_factory) -> Path:
     write_yaml(workdir / "config/config.yaml", TWO_MODELS)
     shutil.copytree(REPO / "report", workdir / "report", ignore=shutil.ignore_patterns("_*", ".*"))
     shutil.copy(REPO / "report/_quarto.yml", workdir / "report")
-    result = snakemake(workdir)
+    # Every job records the package modules it imported, for test_code_dependencies_cover_what_jobs_import.
+    result = snakemake(workdir, env={"CONVSCOPE_TRACE_IMPORTS": str(workdir / "imports.jsonl")})
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -109,7 +112,7 @@ def test_editing_a_figure_module_reruns_only_its_family(built):
     # Snakemake 9 reruns on a newer input only when its checksum changed too: a touch is not an edit.
     module = Path(__import__("convscope.figures.filters", fromlist=["x"]).__file__)
     original = module.read_text()
-    module.write_text(original + "# an edit\n")
+    module.write_text(original + "EDITED = True\n")
     try:
         assert planned_jobs(built) == sorted(["all", "figures second/filters", "figures tiny/filters", *REPORT_JOBS])
     finally:
@@ -180,3 +183,124 @@ def test_invalid_config_fails_before_any_job(built, tmp_path):
     assert result.returncode != 0
     assert "convscope: error: config models[0].epochs = \"ten\": 'ten' is not of type 'integer'" in result.stderr
     assert "rule " not in result.stdout
+
+
+# --- code dependencies: computed from the imports (convscope.codedeps) -----------------------------------------
+
+LOG_KINDS = {"prepare_data": "prepare_data", "train": "train", "evaluate": "evaluate", "explain": "explain",
+             "sources": "report_sources", "render": "render_report"}
+
+
+def job_closures(package: Path) -> dict[str, set[str]]:
+    """Each job kind's computed code dependencies, read from the given copy of the package."""
+    code = (
+        "import json, sys; from convscope import codedeps; from convscope.figures import FAMILIES\n"
+        "scripts, by_name = sys.argv[1], {'convscope.data': ['convscope.data.shapes']}\n"
+        "kinds = {k: codedeps.script_closure(f'{scripts}/{k}.py', by_name) for k in sys.argv[2:]}\n"
+        "for name, family in FAMILIES.items():\n"
+        "    kinds[f'figures/{name}'] = codedeps.script_closure(f'{scripts}/figures.py',"
+        " by_name | {'convscope.figures': [family.module_name]})\n"
+        "print(json.dumps({k: sorted(v) for k, v in kinds.items()}))\n"
+    )
+    kinds = sorted(set(LOG_KINDS.values()))
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds], capture_output=True,
+                            text=True, check=True, env={**os.environ, "PYTHONPATH": str(package.parent)})
+    return {kind: set(modules) for kind, modules in json.loads(result.stdout).items()}
+
+
+FAMILY_KINDS = [f"figures/{family}" for family in FAMILIES]
+# Which job kinds read another's outputs (rules/*.smk): a rerun of the first reruns these too.
+READERS = {
+    "prepare_data": ["train", "evaluate", "explain", "report_sources", *FAMILY_KINDS],
+    "train": ["evaluate", "explain", "report_sources", *FAMILY_KINDS],
+    "evaluate": ["figures/training", "figures/gradcam", "figures/failures", "report_sources"],
+    "explain": ["report_sources"],
+    "report_sources": ["render_report"],
+    **{kind: ["report_sources"] for kind in FAMILY_KINDS},
+}
+
+
+def with_readers(kinds: set[str]) -> set[str]:
+    todo, out = list(kinds), set()
+    while todo:
+        kind = todo.pop()
+        if kind not in out:
+            out.add(kind)
+            todo.extend(READERS.get(kind, []))
+    return out
+
+
+def rerun_kinds(workdir: Path, package: Path) -> set[str]:
+    """The job kinds a dry run with ``package`` first on PYTHONPATH would run."""
+    jobs = planned_jobs(workdir, env={"PYTHONPATH": str(package.parent)})
+    return {job.split()[0] if job.split()[0] != "figures" else "figures/" + job.split()[1].split("/")[1]
+            for job in jobs if job != "all"}
+
+
+def fingerprints(package: Path) -> dict[str, str]:
+    """The code fingerprint of every job kind, as the rules compute it, from the given copy of the package."""
+    code = (
+        "import json, sys; from convscope import codedeps; from convscope.figures import FAMILIES\n"
+        "scripts, by_name = sys.argv[1], {'convscope.data': ['convscope.data.shapes']}\n"
+        "out = {k: codedeps.fingerprint(f'{scripts}/{k}.py', by_name) for k in sys.argv[2:]}\n"
+        "for name, family in FAMILIES.items():\n"
+        "    out[f'figures/{name}'] = codedeps.fingerprint(f'{scripts}/figures.py',"
+        " by_name | {'convscope.figures': [family.module_name]})\n"
+        "print(json.dumps(out))\n"
+    )
+    kinds = sorted(set(LOG_KINDS.values()))
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds], capture_output=True,
+                            text=True, check=True, env={**os.environ, "PYTHONPATH": str(package.parent)})
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory) -> Path:
+    """A copy of the package to edit (first on PYTHONPATH for the dry runs), so the repository is never touched."""
+    copy = tmp_path_factory.mktemp("pkg") / "convscope"
+    shutil.copytree(Path(__import__("convscope").__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def test_code_dependencies_cover_what_jobs_import(built, package_copy):
+    """Soundness: every package module a job imported while it ran is in its computed closure."""
+    closures = job_closures(package_copy)
+    seen = set()
+    for line in (built / "imports.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        parts = Path(record["log"]).with_suffix("").parts  # logs/train/tiny, logs/figures/tiny/gradcam, ...
+        kind = f"figures/{parts[-1]}" if parts[1] == "figures" else LOG_KINDS.get(parts[1], LOG_KINDS.get(parts[-1]))
+        missing = set(record["modules"]) - closures[kind]
+        assert not missing, f"{kind} imported {sorted(missing)}, which its computed code dependencies lack"
+        seen.add(kind)
+    assert seen == set(closures)
+
+
+def test_editing_any_module_reruns_exactly_the_jobs_that_import_it(built, package_copy):
+    """For every module: a real edit changes the code fingerprint of exactly the job kinds whose closure holds it,
+    and the dry run reruns exactly those and the jobs that read their outputs."""
+    closures, before = job_closures(package_copy), fingerprints(package_copy)
+    assert rerun_kinds(built, package_copy) == set()
+    for path in sorted(package_copy.rglob("*.py")):
+        name = ".".join(path.relative_to(package_copy.parent).with_suffix("").parts).removesuffix(".__init__")
+        original = path.read_text()
+        path.write_text(original + "\nCODE_EDIT_PROBE = 1\n")
+        try:
+            importers = {kind for kind, modules in closures.items() if name in modules}
+            after = fingerprints(package_copy)
+            assert {kind for kind in before if after[kind] != before[kind]} == importers, name
+            assert rerun_kinds(built, package_copy) == with_readers(importers), name
+        finally:
+            path.write_text(original)
+
+
+def test_editing_only_comments_docstrings_and_layout_reruns_nothing(built, package_copy):
+    originals = {path: path.read_text() for path in package_copy.rglob("*.py")}
+    try:
+        for path, text in originals.items():
+            # Every docstring reworded, a comment and blank lines added.
+            path.write_text(re.sub(r'^(\s*)"""(?=\S)', r'\1"""Reworded. ', text, flags=re.M) + "\n\n# a comment\n")
+        assert planned_jobs(built, env={"PYTHONPATH": str(package_copy.parent)}) == []
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)

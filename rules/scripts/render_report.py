@@ -2,7 +2,8 @@ import sys
 from pathlib import Path
 
 from convscope import jobs
+from convscope.report.render import render_report
 
 out = snakemake.output
-step = lambda: jobs.render_report(Path(snakemake.input.project).parent, out.html, out.pdf)
+step = lambda: render_report(Path(snakemake.input.project).parent)
 sys.exit(jobs.guarded(step, out, snakemake.log[0]))

@@ -1,8 +1,10 @@
 import sys
 
 from convscope import jobs
+from convscope.report.sources import write_sources
 
-out, inp = snakemake.output, snakemake.input
-step = lambda: jobs.write_report_sources(snakemake.params.models, snakemake.params.config, inp.index, out.generated,
-                                         out.variables, snakemake.scriptdir, snakemake.params.benchmarks)
+out, inp, params = snakemake.output, snakemake.input, snakemake.params
+step = lambda: write_sources(
+    params.models, params.config, inp.index, out.generated, out.variables, snakemake.scriptdir, params.benchmarks
+)
 sys.exit(jobs.guarded(step, out, snakemake.log[0]))

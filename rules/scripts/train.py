@@ -1,9 +1,10 @@
 import sys
 
-from convscope import jobs
+from convscope import jobs, training
 from convscope.config import ModelConfig, RuntimeConfig
 
 model = ModelConfig.from_dict(snakemake.params.model)
 runtime = RuntimeConfig.from_dict(snakemake.params.runtime)
 out = snakemake.output
-sys.exit(jobs.guarded(lambda: jobs.train(model, runtime, snakemake.input.index, out.checkpoint, out.history, snakemake.threads), out, snakemake.log[0]))
+step = lambda: training.train(model, runtime, snakemake.input.index, out.checkpoint, out.history, snakemake.threads)
+sys.exit(jobs.guarded(step, out, snakemake.log[0]))

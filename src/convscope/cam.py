@@ -14,7 +14,6 @@ computation stays in torch (equal to cv2 within float rounding, ~1e-7).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,16 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convscope.errors import ConfigError, LayerError
+from convscope.errors import ConfigError
+from convscope.models import eval_mode, find_layers, logits_of
 
 METHODS = ("gradcam", "gradcam++", "layercam")
-_MAX_LISTED = 40
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
 
 
-def conv_module_names(model: nn.Module) -> list[str]:
-    """Names (as in ``named_modules()``) of the modules that are or contain a Conv2d, shallowest first."""
-    names = [name for name, module in model.named_modules() if name and any(isinstance(m, nn.Conv2d) for m in module.modules())]
-    return sorted(names, key=lambda name: name.count("."))  # stable: keeps model order within a depth
 
 
 class ActivationRecorder:
@@ -50,21 +46,12 @@ class ActivationRecorder:
             parameters require grad, so that ``torch.autograd.grad`` can be taken w.r.t. it (needs grad mode).
 
     Raises:
-        ValueError: A name is not a module of ``model``.
+        LayerError: A name is not a module of ``model``.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], requires_grad: bool = False) -> None:
-        if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
-            raise LayerError(f"layers must be a non-empty sequence of module names, got {layers!r}")
+        self.layers = find_layers(model, layers)
         modules = dict(model.named_modules())
-        for name in layers:
-            if not isinstance(name, str) or not name or name not in modules:
-                valid = conv_module_names(model) or [n for n in modules if n]
-                shown = ", ".join(valid[:_MAX_LISTED]) + (", …" if len(valid) > _MAX_LISTED else "")
-                close = difflib.get_close_matches(str(name), valid, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise LayerError(f"unknown layer {name!r} in {type(model).__name__}; {hint}valid conv layers: {shown}")
-        self.layers = list(dict.fromkeys(layers))  # dedupes, keeps order
         self._modules = {name: modules[name] for name in self.layers}
         self._requires_grad = requires_grad
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -147,12 +134,6 @@ def _minmax(maps: Tensor) -> Tensor:
     return (maps - low) / (maps.amax((1, 2), keepdim=True) - low + 1e-7)
 
 
-def logits_of(output: Any) -> Tensor:
-    """The N×K logits of a classifier's output (a tensor, or an object with ``.logits``)."""
-    logits = getattr(output, "logits", output)  # InceptionOutputs, GoogLeNetOutputs, HF-style outputs
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise ValueError(f"model must return N×K logits (or an object with .logits), got {type(output).__name__}{tuple(logits.shape) if isinstance(logits, Tensor) else ''}")
-    return logits
 
 
 def grad_cam(
@@ -191,15 +172,13 @@ def grad_cam(
             raise ValueError(f"targets must be {n} integer class indices (one per image), got {targets.tolist()}")
     recorder = ActivationRecorder(model, layers, requires_grad=True)
 
-    modes = {module: module.training for module in model.modules()}
     params = [p for p in model.parameters() if p.requires_grad]
     try:
-        model.eval()
         # With frozen parameters and a detached input, the graph starts at the first hooked layer, so the
         # backward pass visits only the layers after it and computes no weight gradients.
         for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad(), recorder:
+        with torch.enable_grad(), eval_mode(model), recorder:
             logits = logits_of(model(inputs.detach()))
         for name in recorder.layers:
             out = recorder.outputs.get(name)
@@ -218,8 +197,6 @@ def grad_cam(
     finally:
         for p in params:
             p.requires_grad_(True)
-        for module, training in modes.items():
-            module.training = training
 
     result = CamResult(logits=logits.detach(), targets=targets)
     with torch.no_grad():

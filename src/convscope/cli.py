@@ -37,16 +37,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.step == "check-config":
             print(f"config {args.config} is valid; models: {', '.join(config.model_names)}")
         elif args.step == "prepare-data":
-            jobs.prepare_data(config.dataset, index)
+            from convscope.data import prepare
+
+            prepare(config.dataset, index)
         else:
             model = config.model(args.model)
             files = {key: getattr(paths, key).format(model=model.name) for key in ("CHECKPOINT", "HISTORY", "METRICS", "PREDICTIONS", "TIMINGS")}
             if args.step == "train":
                 outputs.extend([files["CHECKPOINT"], files["HISTORY"]])
-                jobs.train(model, config.runtime, index, files["CHECKPOINT"], files["HISTORY"], args.threads)
+                from convscope.training import train
+
+                train(model, config.runtime, index, files["CHECKPOINT"], files["HISTORY"], args.threads)
             else:
                 outputs.extend([files["METRICS"], files["PREDICTIONS"], files["TIMINGS"]])
-                jobs.evaluate(config.runtime, index, files["CHECKPOINT"], files["METRICS"], files["PREDICTIONS"], files["TIMINGS"], args.threads)
+                from convscope.evaluation import evaluate
+
+                evaluate(config.runtime, index, files["CHECKPOINT"], files["METRICS"], files["PREDICTIONS"],
+                         files["TIMINGS"], args.threads)
 
     return jobs.guarded(step, outputs)
 

@@ -163,9 +163,58 @@ class RuntimeConfig(Frozen):
     eval_batch_size: int
 
 
+@dataclass(frozen=True)
+class FiltersSettings(Frozen):
+    layers: dict[str, tuple[str, ...]]  # per model name
+    cmap: str
+
+
+@dataclass(frozen=True)
+class FeatureMapsSettings(Frozen):
+    layers: dict[str, tuple[str, ...]]
+    num_images: int
+    top_k: int
+
+
+@dataclass(frozen=True)
+class GradcamSettings(Frozen):
+    layers: dict[str, tuple[str, ...]]
+    num_images: int
+    correct_only: bool
+    method: str
+    cmap: str
+    alpha: float
+
+
+@dataclass(frozen=True)
+class FailuresSettings(Frozen):
+    k: int
+
+
+@dataclass(frozen=True)
+class FiguresConfig(Frozen):
+    filters: FiltersSettings
+    feature_maps: FeatureMapsSettings
+    gradcam: GradcamSettings
+    failures: FailuresSettings
+
+
+@dataclass(frozen=True)
+class ExplanationsConfig(Frozen):
+    methods: tuple[str, ...]
+    layers: dict[str, tuple[str, ...]]
+    num_images: int
+    steps: int
+    seed: int
+
+
 _SECTIONS: dict[tuple[str, str], type[Frozen]] = {
     ("DatasetConfig", "shapes"): ShapesConfig,
     ("ModelConfig", "preprocessing"): Preprocessing,
+    ("FiguresConfig", "filters"): FiltersSettings,
+    ("FiguresConfig", "feature_maps"): FeatureMapsSettings,
+    ("FiguresConfig", "gradcam"): GradcamSettings,
+    ("FiguresConfig", "failures"): FailuresSettings,
 }
 
 
@@ -176,6 +225,8 @@ class Config:
     dataset: DatasetConfig
     models: tuple[ModelConfig, ...]
     runtime: RuntimeConfig
+    figures: FiguresConfig
+    explanations: ExplanationsConfig
     raw: dict[str, Any]
 
     def model(self, name: str) -> ModelConfig:
@@ -248,7 +299,10 @@ def load_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"config dataset.root is missing; dataset kind {dataset.kind!r} reads a local copy: set dataset.root to its folder")
     if dataset.root and not Path(dataset.root).is_dir():
         raise ConfigError(f"config dataset.root: folder {dataset.root!r} not found; put the dataset there or fix the path")
-    return Config(dataset=dataset, models=models, runtime=RuntimeConfig.from_dict(resolved["runtime"]), raw=resolved)
+    figures = FiguresConfig.from_dict(resolved["figures"])
+    explanations = ExplanationsConfig.from_dict(resolved["explanations"])
+    return Config(dataset=dataset, models=models, runtime=RuntimeConfig.from_dict(resolved["runtime"]),
+                  figures=figures, explanations=explanations, raw=resolved)
 
 
 def read_config(path: str | Path) -> Config:

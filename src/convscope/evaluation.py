@@ -8,9 +8,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from convscope.config import ModelConfig
-from convscope.data import open_split, write_json_atomic
+from convscope.config import ModelConfig, RuntimeConfig
+from convscope.contracts import Checkpoint, Metrics, SplitMetrics
+from convscope.data import ImageSource, open_split
 from convscope.errors import ArtifactError
+from convscope.io import write_json_atomic
 from convscope.models import model_from_checkpoint
 from convscope.training import evaluate_loader, load_checkpoint, pick_device, topk_correct
 from convscope.transforms import build_transform
@@ -18,7 +20,7 @@ from convscope.transforms import build_transform
 EVAL_SPLITS = ("val", "test")
 
 
-def split_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+def split_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> SplitMetrics:
     """Top-1, top-5, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
     predicted = logits.argmax(dim=1)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
@@ -65,7 +67,7 @@ def evaluate_model(
     device: str = "auto",
     threads: int | None = None,
     batch_size: int = 128,
-) -> dict:
+) -> Metrics:
     """Evaluates a checkpoint on the val and test splits and writes metrics, predictions and timings.
 
     ``metrics.json`` holds only what the model and data determine, so two clean builds give
@@ -77,7 +79,7 @@ def evaluate_model(
     config = ModelConfig.from_dict(checkpoint["config"])
     run_device = pick_device(device)
     model = model_from_checkpoint(checkpoint).to(run_device)
-    metrics = {"model": config.name, "arch": config.arch, "classes": checkpoint["classes"], "splits": {}}
+    metrics: Metrics = {"model": config.name, "arch": config.arch, "classes": checkpoint["classes"], "splits": {}}
     timings, frames = {}, []
     for split in EVAL_SPLITS:
         source = open_split(index_path, split, build_transform(config, train=False))
@@ -101,3 +103,50 @@ def evaluate_model(
     predictions.to_csv(tmp, index=False, float_format="%.6f")
     tmp.replace(predictions_path)
     return metrics
+
+
+PREDICTION_COLUMNS = ("split", "index", "label", "pred", "confidence")
+
+
+def load_model(checkpoint_path: str | Path) -> tuple[Checkpoint, ModelConfig, torch.nn.Module]:
+    """The checkpoint dict, its model config and the trained model (eval mode, CPU)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    return checkpoint, ModelConfig.from_dict(checkpoint["config"]), model_from_checkpoint(checkpoint)
+
+
+def open_model_and_split(
+    checkpoint_path: str | Path, index_path: str | Path, split: str
+) -> tuple[ModelConfig, torch.nn.Module, ImageSource]:
+    """The checkpoint's config and model (eval mode, CPU) and one split read with its evaluation transform."""
+    checkpoint, config, model = load_model(checkpoint_path)
+    source = open_split(index_path, split, build_transform(config, train=False))
+    if source.classes != checkpoint["classes"]:
+        raise ArtifactError(
+            f"checkpoint {str(checkpoint_path)!r} was trained on classes {checkpoint['classes']} but "
+            f"{str(index_path)!r} has {source.classes}; use the matching dataset"
+        )
+    return config, model, source
+
+
+def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> pd.DataFrame:
+    """The test rows of ``predictions.csv`` in index order, checked against the test split."""
+    predictions = pd.read_csv(predictions_path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ArtifactError(
+            f"predictions file {str(predictions_path)!r} lacks columns {missing}; write it with convscope evaluate"
+        )
+    test = predictions[predictions["split"] == "test"].sort_values("index").reset_index(drop=True)
+    if test["index"].tolist() != list(range(len(source))) or test["label"].tolist() != source.labels:
+        raise ArtifactError(
+            f"predictions file {str(predictions_path)!r} does not match the test split "
+            f"({len(test)} rows for {len(source)} images); rerun evaluate"
+        )
+    return test
+
+
+def evaluate(runtime: RuntimeConfig, index_path: str | Path, checkpoint_path: str | Path, metrics_path: str | Path,
+             predictions_path: str | Path, timings_path: str | Path, threads: int | None = None) -> None:
+    """The evaluate step: one checkpoint on val and test."""
+    evaluate_model(checkpoint_path, index_path, metrics_path, predictions_path, timings_path, device=runtime.device,
+                   threads=threads, batch_size=runtime.eval_batch_size)

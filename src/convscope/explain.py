@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
 
+from convscope.cam import grad_cam
+from convscope.config import ModelConfig
+from convscope.data import ImageSource
 from convscope.errors import LayerError
-from convscope.cam import grad_cam, logits_of
-from convscope.figures import stages
+from convscope.models import eval_mode, logits_of, stages
+from convscope.transforms import eval_mask
 
 TOLERANCE_AT_224 = 15.0  # pointing-game tolerance in pixels at 224 px input (Zhang et al.), scaled to the input side
 BLUR_SIGMA_AT_224 = 5.0  # RISE's insertion blur (sigma 5, kernel 11) at 224 px, scaled to the input side
@@ -210,17 +214,6 @@ def blurred(inputs: Tensor) -> Tensor:
     return TF.gaussian_blur(inputs, [size, size], [sigma, sigma])
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
 def score_curve(model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, targets: Tensor, batch_size: int) -> Tensor:
     """N×(S+1) target probabilities of the step images: ``end`` where a pixel's rank is below the step's count,
     ``start`` elsewhere. The (image, step) pairs are built and scored ``batch_size`` at a time."""
@@ -272,7 +265,7 @@ def deletion_insertion(model: nn.Module, inputs: Tensor, maps: Tensor, targets: 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     ranks, counts = pixel_ranks(maps), step_counts(height * width, steps)
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         deletion = score_curve(model, inputs, torch.zeros_like(inputs), ranks, counts, targets, batch_size)
         insertion = score_curve(model, blurred(inputs), inputs, ranks, counts, targets, batch_size)
     return Curves(fractions=counts.float() / (height * width), deletion=deletion, insertion=insertion)
@@ -427,3 +420,31 @@ def cascading_randomisation(model: nn.Module, inputs: Tensor, layer: str, method
     similarity = ssim(*pairs).view(s, n)
     return Sanity(steps=names, targets=trained.targets, original=original, undefined=undefined, maps=maps,
                   spearman=torch.where(undefined, torch.nan, rho), ssim=torch.where(undefined, torch.nan, similarity))
+
+
+def summary(values: np.ndarray) -> dict:
+    """Mean, (sample) standard deviation and count of the finite values; None where undefined."""
+    values = values[np.isfinite(values)]
+    return {
+        "mean": float(values.mean()) if len(values) else None,
+        "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+        "n": int(len(values)),
+    }
+
+
+def test_energies(
+    model: nn.Module, source: ImageSource, config: ModelConfig, layer: str, method: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image of ``source``: the energy share inside the mask of the predicted class's map, whether the
+    prediction is right, and the mask's share of the image (what a uniform map would score)."""
+    energies, correct, areas = [], [], []
+    start = 0
+    loader = torch.utils.data.DataLoader(source, batch_size=batch_size)
+    for inputs, labels in tqdm(loader, desc=f"{config.name} CAM energy in mask", unit="batch"):
+        result = grad_cam(model, inputs, [layer], method=method)
+        masks = torch.stack([eval_mask(source.mask(i), config) for i in range(start, start + len(labels))])
+        energies.append(energy_in_mask(result.maps[layer], masks))
+        correct.append(result.targets == labels)
+        areas.append(masks.mean((1, 2)))
+        start += len(labels)
+    return torch.cat(energies).numpy(), torch.cat(correct).numpy(), torch.cat(areas).numpy()

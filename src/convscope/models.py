@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
 from convscope.config import CLASSIFICATION_ARCHS, IMAGENET_WEIGHTS, ModelConfig
-from convscope.errors import ConfigError, WeightsError
+from convscope.errors import ConfigError, LayerError, WeightsError
 
 
 def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
@@ -130,3 +134,112 @@ def model_from_checkpoint(checkpoint: dict) -> nn.Module:
     model = build_model(config, checkpoint["num_classes"], load_weights=False)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The N×K logits of a classifier's output: a tensor, or an object with ``.logits`` (InceptionOutputs)."""
+    logits = getattr(output, "logits", output)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else ""
+        raise ValueError(f"model must return N×K logits (or an object with .logits), got {type(output).__name__}{shape}")
+    return logits
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Puts every module in eval mode for the block, then restores each module's own mode."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def stages(model: nn.Module) -> dict[str, nn.Module]:
+    """Stages in forward order: the top-level children, a ``features`` Sequential (MobileNet, VGG, …) split up."""
+    out: dict[str, nn.Module] = {}
+    for name, child in model.named_children():
+        if name == "features" and isinstance(child, nn.Sequential):
+            out.update({f"{name}.{sub}": block for sub, block in child.named_children()})
+        else:
+            out[name] = child
+    return out
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Every Conv2d of the model by its ``named_modules`` name, in module order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+
+
+def conv_module_names(model: nn.Module) -> list[str]:
+    """Names of the modules that are or contain a Conv2d, shallowest first (model order within a depth)."""
+    names = [name for name, module in model.named_modules() if name and any(isinstance(m, nn.Conv2d) for m in module.modules())]
+    return sorted(names, key=lambda name: name.count("."))
+
+
+_MAX_LISTED = 40
+
+
+def find_layers(model: nn.Module, names: Sequence[str], valid: Sequence[str] | None = None, kind: str = "layer") -> list[str]:
+    """The layer lookup every figure, CAM and metric uses: ``names`` checked against the model, deduplicated.
+
+    Args:
+        model: The model whose modules are named.
+        names: Module names as ``model.named_modules()`` gives them.
+        valid: The names allowed here (e.g. only Conv2d layers); None allows every module.
+        kind: What the names are, for the error message ("layer", "conv layer").
+
+    Raises:
+        LayerError: ``names`` is a string or empty, or a name is not valid; the message lists the valid names
+            and the closest match.
+    """
+    modules = dict(model.named_modules())
+    allowed = list(valid) if valid is not None else [name for name in modules if name]
+    if isinstance(names, str) or not isinstance(names, Sequence):  # list("layer4") would check each letter
+        raise LayerError(f"layers must be a list of {kind} names, got {names!r}; write [{names!r}]")
+    if not names:
+        raise LayerError(f"layers is empty; name at least one {kind} of {type(model).__name__}")
+    for name in names:
+        if name not in allowed or name not in modules:
+            listed = conv_module_names(model) if valid is None else allowed
+            shown = ", ".join(listed[:_MAX_LISTED]) + (", …" if len(listed) > _MAX_LISTED else "")
+            close = difflib.get_close_matches(str(name), listed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise LayerError(f"unknown {kind} {name!r} in {type(model).__name__}; {hint}valid {kind}s: {shown}")
+    return list(dict.fromkeys(names))
+
+
+INCEPTION_CAM_LAYERS = ("Mixed_5d", "Mixed_6e", "Mixed_7c")
+FEATURE_FAMILIES = ("mobilenet", "efficientnet", "vgg", "densenet")
+
+
+def _has_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def default_cam_layers(model: nn.Module, arch: str) -> list[str]:
+    """Layers worth explaining for an architecture, shallowest first (the last is the deepest).
+
+    ResNets: ``layer1``..``layer4``; Inception v3: ``Mixed_5d``, ``Mixed_6e``, ``Mixed_7c``; MobileNet,
+    EfficientNet, VGG and DenseNet: up to four evenly spaced children of ``features``, ending with its last
+    child; anything else: the last top-level child that contains a Conv2d.
+    """
+    modules = dict(model.named_modules())
+    resnet_stages = [f"layer{i}" for i in range(1, 5)]
+    if all(name in modules for name in resnet_stages):
+        return resnet_stages
+    if arch == "inception_v3" and all(name in modules for name in INCEPTION_CAM_LAYERS):
+        return list(INCEPTION_CAM_LAYERS)
+    features = getattr(model, "features", None)
+    if arch.startswith(FEATURE_FAMILIES) and isinstance(features, nn.Module) and len(features) > 0:
+        children = list(features.named_children())
+        # ReLU/pool/norm children between convs would waste a column, except the last: it is the output.
+        candidates = [name for name, child in children[:-1] if _has_conv(child)] + [children[-1][0]]
+        count = min(4, len(candidates))
+        return [f"features.{candidates[len(candidates) * (i + 1) // count - 1]}" for i in range(count)]
+    convs = [name for name, child in model.named_children() if _has_conv(child)]
+    if not convs:
+        raise LayerError(f"{type(model).__name__} ({arch}) has no Conv2d layer to explain; pass layers explicitly")
+    return convs[-1:]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +12,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from convscope.config import ModelConfig
+from convscope.config import ModelConfig, RuntimeConfig
+from convscope.contracts import Checkpoint
 from convscope.data import open_split
 from convscope.errors import TrainingError
+from convscope.io import write_atomic, write_json_atomic
 from convscope.models import build_model, head_parameter_names
 from convscope.transforms import build_transform
 
@@ -34,13 +34,10 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def save_atomic(payload: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        torch.save(payload, tmp)
-    os.replace(tmp.name, path)
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Reads a convscope checkpoint (a plain dict, loaded with ``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
@@ -213,7 +210,7 @@ def train_model(
             "history": history, "epoch": epoch + 1, "config": config_dict, "classes": classes,
         }, resume_path)
 
-    checkpoint = {
+    checkpoint: Checkpoint = {
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "arch": config.arch,
         "num_classes": len(classes),
@@ -227,4 +224,13 @@ def train_model(
     }
     save_atomic(checkpoint, checkpoint_path)
     resume_path.unlink(missing_ok=True)
+    return checkpoint
+
+
+def train(model: ModelConfig, runtime: RuntimeConfig, index_path: str | Path, checkpoint_path: str | Path,
+          history_path: str | Path, threads: int | None = None) -> Checkpoint:
+    """The train step: trains one model and writes its checkpoint and its per-epoch history."""
+    checkpoint = train_model(model, index_path, checkpoint_path, device=runtime.device, threads=threads,
+                             eval_batch_size=runtime.eval_batch_size)
+    write_json_atomic(history_path, checkpoint["history"])
     return checkpoint

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
 
 from convscope.config import ModelConfig
 
@@ -32,3 +34,11 @@ def denormalise(inputs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     mean = torch.tensor(config.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(config.preprocessing.std).view(1, 3, 1, 1)
     return (inputs * std + mean).clamp(0, 1)
+
+
+def eval_mask(mask: np.ndarray, config: ModelConfig) -> torch.Tensor:
+    """An H×W object mask under the evaluation transform's geometry (resize, centre crop; nearest), as float 0/1."""
+    tensor = torch.from_numpy(np.asarray(mask, dtype=np.uint8))[None]
+    side = config.preprocessing.resize or config.input_size
+    tensor = TF.resize(tensor, [side], interpolation=InterpolationMode.NEAREST, antialias=False)
+    return TF.center_crop(tensor, [config.input_size])[0].float()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +20,7 @@ from PIL import Image
 
 from convscope.config import DatasetConfig
 from convscope.errors import DatasetError
+from convscope.io import write_json_atomic
 
 SPLITS = ("train", "val", "test")
 INDEX_FILE = "index.json"
@@ -45,14 +44,6 @@ class DatasetIndex:
 
     def counts(self) -> dict[str, int]:
         return {split: len(self.labels[split]) for split in SPLITS}
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Writes JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(payload, tmp, indent=1)
-    os.replace(tmp.name, path)
 
 
 def read_index(index_path: str | Path) -> DatasetIndex:
@@ -121,6 +112,13 @@ def prepare_dataset(config: DatasetConfig, out_dir: str | Path) -> DatasetIndex:
     return index
 
 
+def prepare(config: DatasetConfig, index_path: str | Path) -> DatasetIndex:
+    """The prepare_data step: ``prepare_dataset`` into the folder of ``index_path``, with a one-line summary."""
+    index = prepare_dataset(config, Path(index_path).parent)
+    print(f"{config.kind}: {len(index.classes)} classes, " + ", ".join(f"{k} {v}" for k, v in index.counts().items()))
+    return index
+
+
 def open_split(index_path: str | Path, split: str, transform: Callable | None = None) -> ImageSource:
     """Opens one split (train, val or test) of a prepared dataset."""
     if split not in SPLITS:
@@ -146,3 +144,14 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
         held.extend(positions[:n_held].tolist())
         kept.extend(positions[n_held:].tolist())
     return sorted(kept), sorted(held)
+
+
+def sample_indices(labels: list[int], num_images: int) -> list[int]:
+    """Up to ``num_images`` positions spread over the classes: round-robin in label order, each class's in index order."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    queues = [by_class[label] for label in sorted(by_class)]
+    depth = max(map(len, queues), default=0)
+    picked = [queue[d] for d in range(depth) for queue in queues if d < len(queue)]
+    return picked[:num_images]

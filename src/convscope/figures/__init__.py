@@ -1,133 +1,76 @@
-"""Figures that explain a trained convscope model, one module per family.
+"""Figures that explain a trained model, one module per family, declared once in ``FAMILIES``.
 
-Each family has one public ``render_<family>(checkpoint_path, ..., out_dir, **settings) -> list[Path]`` that
-writes PNGs (150 dpi) and the numbers behind them (``.npz``/``.csv``) into ``out_dir`` and returns the paths.
-This package holds what the families share: atomic writers, model loading, layer lookup and tiling.
+A family is a module ``convscope.figures.<module>`` with ``render(inputs, out_dir, settings) -> list[Path]``:
+``inputs`` maps what it reads (``checkpoint``, ``index``, and ``metrics`` or ``predictions`` where its entry
+says so) to paths, ``settings`` is its slice of the config for one model. The workflow's figure rule, each
+job's inputs, settings and code dependencies, and the report's list of figure folders all follow from the
+entry. This module imports no plotting or torch code: the workflow reads it when it starts.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed, same output on every machine
-
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from torch import nn  # noqa: E402
-
-from convscope.errors import LayerError
-from convscope.config import ModelConfig  # noqa: E402
-from convscope.models import model_from_checkpoint  # noqa: E402
-from convscope.training import load_checkpoint  # noqa: E402
-
-DPI = 150
-SMALL = 8  # pt: the smallest font any figure uses (panel titles, annotations, dense tick labels)
+from convscope.config import FiguresConfig
 
 
-def _write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    # Through a temporary file and a rename: a crash or a reader never sees half a file.
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            write(tmp)
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    os.chmod(tmp.name, 0o644)  # temporary files are private (0600); figures and tables are for sharing
-    os.replace(tmp.name, path)
-    return path
+@dataclass(frozen=True)
+class Family:
+    """One figure family: ``figures/{model}/{name}/``, drawn by ``convscope.figures.<module>.render``."""
+
+    name: str
+    module: str
+    title: str
+    reads: tuple[str, ...]  # artifacts beyond the checkpoint and the dataset index: "metrics", "predictions"
+    settings: Callable[[FiguresConfig, str], dict]  # (figures config, model name) -> render's settings
+
+    @property
+    def module_name(self) -> str:
+        return f"{__name__}.{self.module}"
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Writes ``fig`` as a PNG at 150 dpi (atomically) and closes it; figures use constrained layout, so nothing is cut."""
-    try:
-        return _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
-    finally:
-        plt.close(fig)
+def _layers(layers: Mapping[str, object], model: str) -> list[str] | None:
+    chosen = layers.get(model)
+    return None if chosen is None else list(chosen)
 
 
-def save_arrays(path: str | Path, **arrays: object) -> Path:
-    """Writes named arrays to an ``.npz`` file atomically."""
-    return _write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+def _gradcam(figures: FiguresConfig, model: str) -> dict:
+    cam = figures.gradcam
+    return {"layers": _layers(cam.layers, model), "num_images": cam.num_images, "correct_only": cam.correct_only,
+            "method": cam.method, "cmap": cam.cmap, "alpha": cam.alpha}
 
 
-def save_text(path: str | Path, text: str) -> Path:
-    """Writes UTF-8 text atomically."""
-    return _write_atomic(path, lambda f: f.write(text.encode()))
+def _failures(figures: FiguresConfig, model: str) -> dict:
+    # The failure maps are Grad-CAM's own: same method and colours, at its deepest layer.
+    cam = figures.gradcam
+    layers = _layers(cam.layers, model)
+    return {"k": figures.failures.k, "layer": layers[-1] if layers else None, "method": cam.method,
+            "cmap": cam.cmap, "alpha": cam.alpha}
 
 
-def load_model(checkpoint_path: str | Path) -> tuple[dict, ModelConfig, nn.Module]:
-    """The checkpoint dict, its model config and the trained model (eval mode, CPU)."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    return checkpoint, ModelConfig.from_dict(checkpoint["config"]), model_from_checkpoint(checkpoint)
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("architecture", "architecture", "Architecture", (), lambda figures, model: {}),
+        Family("filters", "filters", "Filters", (),
+               lambda figures, model: {"layers": _layers(figures.filters.layers, model), "cmap": figures.filters.cmap}),
+        Family("feature_maps", "features", "Feature maps", (),
+               lambda figures, model: {"layers": _layers(figures.feature_maps.layers, model),
+                                       "num_images": figures.feature_maps.num_images,
+                                       "top_k": figures.feature_maps.top_k}),
+        Family("training", "training", "Training", ("metrics",), lambda figures, model: {}),
+        Family("gradcam", "gradcam", "Grad-CAM", ("predictions",), _gradcam),
+        Family("failures", "failures", "Failure cases", ("predictions",), _failures),
+    )
+}
 
 
-def sample_indices(labels: list[int], num_images: int) -> list[int]:
-    """Up to ``num_images`` positions, round-robin over the classes present (in label order), each class's in index order."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(int(label), []).append(i)
-    queues = [by_class[label] for label in sorted(by_class)]
-    picked = [queue[depth] for depth in range(max(map(len, queues), default=0)) for queue in queues if depth < len(queue)]
-    return picked[:num_images]
-
-
-def model_label(config: ModelConfig) -> str:
-    """How titles name a model: its configured name, with the architecture when that differs."""
-    return config.name if config.name == config.arch else f"{config.name} ({config.arch})"
-
-
-def stages(model: nn.Module) -> dict[str, nn.Module]:
-    """Stages in forward order: the top-level children, a ``features`` Sequential (MobileNet, VGG, …) split into its own."""
-    out: dict[str, nn.Module] = {}
-    for name, child in model.named_children():
-        if name == "features" and isinstance(child, nn.Sequential):
-            out.update({f"{name}.{sub}": block for sub, block in child.named_children()})
-        else:
-            out[name] = child
-    return out
-
-
-def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """Every Conv2d of the model by its ``named_modules`` name, in module order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
-
-
-def check_layers(model: nn.Module, layers: Iterable[str], valid: Iterable[str], kind: str) -> list[str]:
-    """Returns ``layers`` as a list, or raises ValueError naming the first unknown one and listing ``valid``."""
-    if isinstance(layers, str):  # list("layer4") would check each letter
-        raise LayerError(f"layers must be a list of {kind} names, got the string {layers!r}; write [{layers!r}]")
-    layers, valid = list(layers), list(valid)
-    if not layers:
-        raise LayerError(f"layers is empty; name at least one {kind} of {type(model).__name__}: {', '.join(valid)}")
-    for name in layers:
-        if name not in valid:
-            raise LayerError(f"unknown {kind} {name!r} in {type(model).__name__}; valid {kind}s: {', '.join(valid)}")
-    return layers
-
-
-def pair(value: int | tuple[int, ...]) -> str:
-    """A kernel or stride as ``7×7`` (ints are square)."""
-    values = (value, value) if isinstance(value, int) else tuple(value)
-    return "×".join(map(str, values))
-
-
-def tile(images: torch.Tensor, pad_value: float) -> np.ndarray:
-    """N×C×h×w images tiled into one near-square H×W×C array (C is 1 or 3), ``pad_value`` between tiles."""
-    count, _, height, width = images.shape
-    # Tiles per row so the grid comes out about square, also for 1×7 or 3×1 kernels.
-    nrow = min(count, math.ceil(math.sqrt(count * (height + 1) / (width + 1))))
-    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=1, pad_value=pad_value)
-    # make_grid copies a single channel to three; keep one so colour maps apply.
-    return grid[: images.shape[1]].permute(1, 2, 0).numpy()
+def render(family: str, inputs: Mapping[str, str], out_dir: str | Path, settings: dict) -> list[Path]:
+    """Draws one family for one model into ``out_dir`` (see the module docstring)."""
+    module = importlib.import_module(FAMILIES[family].module_name)
+    written = module.render(inputs=inputs, out_dir=Path(out_dir), settings=settings)
+    print(f"{family}: wrote {len(written)} files to {out_dir}")
+    return written

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import torchinfo
 from torch import nn
 
-from convscope.figures import load_model, model_label, pair, save_text, stages
+from convscope.evaluation import load_model
+from convscope.figures.drawing import model_label, pair, save_text
+from convscope.models import stages
 
 COLUMNS = ("layer", "output_shape", "parameters", "details")
 
@@ -91,3 +94,8 @@ def render_architecture(checkpoint_path: str | Path, index_path: str | Path, out
         save_text(out_dir / "stages.md", "\n".join(markdown) + "\n"),
         save_text(out_dir / "stages.csv", table.getvalue()),
     ]
+
+
+def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
+    """The family's entry point (see ``convscope.figures``)."""
+    return render_architecture(inputs["checkpoint"], inputs["index"], out_dir, **settings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,56 +24,34 @@ import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
 
-from convscope.errors import ArtifactError, ConfigError
-from convscope.cam import ActivationRecorder, grad_cam
+from convscope.cam import METHOD_NAMES, grad_cam
 from convscope.config import ModelConfig
-from convscope.data import ImageSource, read_index, shapes
-from convscope.explain import energy_in_mask
-from convscope.figures import SMALL, model_label, save_arrays, save_figure, save_text
-from convscope.figures.gradcam import (
-    METHOD_NAMES, cam_colorbar, check_options, clear_axes, default_cam_layers, display_images, draw_cam, grid, open_model_and_split, prob,
-    read_test_predictions,
+from convscope.contracts import Failure, Failures
+from convscope.data import read_index, shapes
+from convscope.errors import ArtifactError, ConfigError
+from convscope.evaluation import open_model_and_split, read_test_predictions
+from convscope.explain import energy_in_mask, summary, test_energies
+from convscope.figures.drawing import (
+    SMALL,
+    cam_colorbar,
+    check_heatmap_options,
+    clear_axes,
+    display_images,
+    draw_cam,
+    grid,
+    model_label,
+    prob,
+    save_arrays,
+    save_figure,
+    save_text,
 )
+from convscope.models import default_cam_layers, find_layers
+from convscope.transforms import eval_mask
 
 BATCH_SIZE = 64
 # predictions.csv stores confidences with 6 decimals; a larger gap means it came from another checkpoint.
 CONFIDENCE_TOLERANCE = 1e-3
-
-
-def eval_mask(mask: np.ndarray, config: ModelConfig) -> torch.Tensor:
-    """An H×W object mask under the evaluation transform's geometry (resize, centre crop; nearest), as float 0/1."""
-    tensor = torch.from_numpy(np.asarray(mask, dtype=np.uint8))[None]
-    tensor = TF.resize(tensor, [config.preprocessing.resize or config.input_size], interpolation=InterpolationMode.NEAREST, antialias=False)
-    return TF.center_crop(tensor, [config.input_size])[0].float()
-
-
-def summary(values: np.ndarray) -> dict:
-    """Mean, (sample) standard deviation and count of the finite values; None where undefined."""
-    values = values[np.isfinite(values)]
-    return {"mean": float(values.mean()) if len(values) else None,
-            "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-            "n": int(len(values))}
-
-
-def all_test_energies(model: nn.Module, source: ImageSource, config: ModelConfig, layer: str, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per test image: energy share inside the mask of the predicted class's map, whether the prediction is right,
-    and the mask's share of the image (what a uniform map would score)."""
-    energies, correct, areas = [], [], []
-    loader = torch.utils.data.DataLoader(source, batch_size=BATCH_SIZE)
-    start = 0
-    for inputs, labels in tqdm(loader, desc=f"{config.name} CAM energy in mask", unit="batch"):
-        result = grad_cam(model, inputs, [layer], method=method)
-        masks = torch.stack([eval_mask(source.mask(i), config) for i in range(start, start + len(labels))])
-        energies.append(energy_in_mask(result.maps[layer], masks))
-        correct.append(result.targets == labels)
-        areas.append(masks.mean((1, 2)))
-        start += len(labels)
-    return torch.cat(energies).numpy(), torch.cat(correct).numpy(), torch.cat(areas).numpy()
 
 
 def _textures(index_path: Path) -> list[str] | None:
@@ -174,11 +153,11 @@ def render_failures(
     """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
-    check_options(method, cmap, alpha)
+    check_heatmap_options(method, cmap, alpha)
     index_path, out_dir = Path(index_path), Path(out_dir)
     config, model, source = open_model_and_split(checkpoint_path, index_path, "test")
     layer = layer if layer is not None else default_cam_layers(model, config.arch)[-1]
-    ActivationRecorder(model, [layer])  # the engine's check: an unknown layer fails here, before any work
+    find_layers(model, [layer])  # an unknown layer fails here, before any work
     test = read_test_predictions(predictions_path, source)
     textures = _textures(index_path)
     has_masks = len(source) > 0 and source.mask(0) is not None
@@ -212,7 +191,7 @@ def render_failures(
         fig = Figure(figsize=(5, 2), layout="constrained")
         fig.text(0.5, 0.5, f"{model_label(config)}: no misclassified test images", ha="center", va="center", fontsize=11)
 
-    records = []
+    records: list[Failure] = []
     for row, record in enumerate(rows.to_dict("records")):
         i, label, pred = int(record["index"]), int(record["label"]), int(record["pred"])
         entry = {"index": i, "label": label, "label_name": source.classes[label], "pred": pred, "pred_name": source.classes[pred],
@@ -226,12 +205,17 @@ def render_failures(
 
     stats = mask_area = None
     if has_masks:
-        values, correct, areas = all_test_energies(model, source, config, layer, method)
+        values, correct, areas = test_energies(model, source, config, layer, method, BATCH_SIZE)
         arrays |= {"test_energy_in_mask": values, "test_correct": correct, "test_mask_area": areas}
         stats = {"correct": summary(values[correct]), "misclassified": summary(values[~correct])}
         mask_area = {"correct": summary(areas[correct])["mean"], "misclassified": summary(areas[~correct])["mean"]}
         energy_figure = save_figure(_energy_figure(config, values, correct, areas, stats, layer, method), out_dir / "failure_energy.png")
     paths.append(save_arrays(out_dir / "failures.npz", **arrays))
-    summary_json = {"k": k, "layer": layer, "failures": records, "energy_in_mask": stats, "mask_area": mask_area}
+    summary_json: Failures = {"k": k, "layer": layer, "failures": records, "energy_in_mask": stats, "mask_area": mask_area}
     paths.append(save_text(out_dir / "failures.json", json.dumps(summary_json, indent=1) + "\n"))
     return paths + ([energy_figure] if has_masks else [])
+
+
+def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
+    """The family's entry point (see ``convscope.figures``)."""
+    return render_failures(inputs["checkpoint"], inputs["index"], inputs["predictions"], out_dir, **settings)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from convscope.cam import ActivationRecorder
+from convscope.data import open_split, sample_indices
 from convscope.errors import ArtifactError, ConfigError, LayerError
-from convscope.cam import ActivationRecorder, conv_module_names
-from convscope.data import open_split
-from convscope.figures import SMALL, check_layers, load_model, model_label, sample_indices, save_arrays, save_figure, stages
+from convscope.evaluation import load_model
+from convscope.figures.drawing import SMALL, model_label, save_arrays, save_figure
+from convscope.models import conv_module_names, find_layers, logits_of, stages
 from convscope.transforms import build_transform, denormalise
 
 DEFAULT_DEPTH = 4  # default layers: this many of the deepest stage boundaries
@@ -86,7 +89,7 @@ def render_feature_maps(
         raise ConfigError(f"top_k = {top_k!r}; must be an integer >= 1")
     checkpoint, config, model = load_model(checkpoint_path)
     if layers is not None:
-        layers = check_layers(model, layers, conv_module_names(model), "layer")
+        layers = find_layers(model, layers, conv_module_names(model))
     source = open_split(index_path, "test", build_transform(config, train=False))
     if source.classes != checkpoint["classes"]:
         raise ArtifactError(f"dataset {str(index_path)!r} has other classes than checkpoint {str(checkpoint_path)!r}; use the dataset the model was trained on")
@@ -100,7 +103,7 @@ def render_feature_maps(
     hooked = layers or conv_stages(model)
     with torch.no_grad(), ActivationRecorder(model, hooked) as recorder:
         output = model(inputs)
-    logits = output.logits if hasattr(output, "logits") else output
+    logits = logits_of(output)
     probabilities = logits.softmax(dim=1)
     predicted = probabilities.argmax(dim=1)
     idle = [name for name in hooked if name not in recorder.outputs]
@@ -129,3 +132,8 @@ def render_feature_maps(
         files.append(save_figure(_figure(label, arrays["images"][n], title, rows), out_dir / f"feature_maps_{n}.png"))
     files.append(save_arrays(out_dir / "feature_maps.npz", **arrays))
     return files
+
+
+def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
+    """The family's entry point (see ``convscope.figures``)."""
+    return render_feature_maps(inputs["checkpoint"], inputs["index"], out_dir, **settings)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from convscope.errors import ConfigError, LayerError
-from convscope.figures import SMALL, check_layers, conv_layers, load_model, model_label, pair, save_arrays, save_figure, tile
+from convscope.errors import LayerError
+from convscope.evaluation import load_model
+from convscope.figures.drawing import SMALL, check_cmap, model_label, pair, save_arrays, save_figure, tile
+from convscope.models import conv_layers, find_layers
 
 MAX_SHOWN = 64  # deeper layers: the first 64 filters, an 8×8 grid that stays legible
 
@@ -94,15 +97,19 @@ def render_filters(
         ``filters_first.png/.npz`` and ``filters_<layer>.png/.npz`` per layer.
 
     Raises:
-        ValueError: a layer is not a Conv2d of the model (the message lists the valid names).
+        LayerError: a layer is not a Conv2d of the model (the message lists the valid names).
     """
-    if cmap not in plt.colormaps():
-        raise ConfigError(f"unknown colour map {cmap!r}; use a matplotlib colour map such as 'RdBu_r' or 'coolwarm'")
+    check_cmap(cmap)
     _, config, model = load_model(checkpoint_path)
-    layers = check_layers(model, [default_deep_layer(model)] if layers is None else layers, conv_layers(model), "conv layer")
+    layers = find_layers(model, [default_deep_layer(model)] if layers is None else layers, list(conv_layers(model)), "conv layer")
     out_dir = Path(out_dir)
     label = model_label(config)
     files = _render_first(model, label, out_dir)
     for name in layers:
         files += _render_mean(model, name, label, cmap, out_dir)
     return files
+
+
+def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
+    """The family's entry point (see ``convscope.figures``)."""
+    return render_filters(inputs["checkpoint"], inputs["index"], out_dir, **settings)

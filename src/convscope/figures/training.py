@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +14,7 @@ from matplotlib.ticker import PercentFormatter
 
 from convscope.errors import ArtifactError
 from convscope.config import ModelConfig
-from convscope.figures import SMALL, model_label, save_arrays, save_figure, save_text
+from convscope.figures.drawing import SMALL, model_label, save_arrays, save_figure, save_text
 from convscope.training import load_checkpoint
 
 ANNOTATE_MAX = 20  # confusion cells carry their value up to this many classes
@@ -137,3 +138,8 @@ def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_d
         save_figure(_per_class(table, label, test["top1"]), out_dir / "per_class_accuracy.png"),
         save_text(out_dir / "per_class_accuracy.csv", table.to_csv(index=False)),
     ]
+
+
+def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
+    """The family's entry point (see ``convscope.figures``)."""
+    return render_training(inputs["checkpoint"], inputs["metrics"], out_dir, **settings)

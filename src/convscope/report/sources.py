@@ -29,7 +29,8 @@ import yaml
 from PIL import Image
 
 from convscope import paths
-from convscope.figures.gradcam import METHOD_NAMES
+from convscope.contracts import Checkpoint, Explanations, Failures, Metrics
+from convscope.cam import METHOD_NAMES
 from convscope.report.render import escape_markdown as md
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
@@ -48,12 +49,12 @@ class ModelArtifacts:
     """What the report reads of one trained model."""
 
     name: str
-    checkpoint: dict[str, Any]
+    checkpoint: Checkpoint
     sha256: str
     parameters: int
-    metrics: dict[str, Any]
+    metrics: Metrics
     figures: Path  # figures/{model}
-    explanations: dict[str, Any]
+    explanations: Explanations
 
     @property
     def config(self) -> dict[str, Any]:
@@ -282,7 +283,7 @@ def model_section(m: ModelArtifacts, figure: FigureCopier) -> str:
 
 def failure_section(m: ModelArtifacts, figure: FigureCopier) -> list[str]:
     f, s = m.figures / "failures", m.slug
-    summary = json.loads((f / "failures.json").read_text())
+    summary: Failures = json.loads((f / "failures.json").read_text())
     out = ["### Failure cases", ""]
     if not summary["failures"]:
         return out + ["No test image was misclassified.", ""]

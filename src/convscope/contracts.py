@@ -1,0 +1,130 @@
+"""The shapes of the artifacts other tools read, declared once: the code that writes each file and the code that
+reads it both use these types (the README's artifact table describes the same files).
+
+``TypedDict`` keeps them plain dicts and JSON, so ``torch.load(..., weights_only=True)`` and ``json.load``
+read them without convscope.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class Epoch(TypedDict):
+    """One entry of ``history.json`` (and of the checkpoint's ``history``)."""
+
+    epoch: int
+    train_loss: float
+    train_top1: float
+    train_top5: float
+    val_loss: float
+    val_top1: float
+    val_top5: float
+    lr: float
+    seconds: float
+
+
+class Checkpoint(TypedDict):
+    """``results/{model}/checkpoint.pt``."""
+
+    state_dict: dict[str, Any]  # tensors
+    arch: str
+    num_classes: int
+    classes: list[str]
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    epoch: int
+    config: dict[str, Any]  # the model's resolved config (ModelConfig as a dict)
+    history: list[Epoch]
+
+
+class SplitMetrics(TypedDict):
+    n: int
+    top1: float
+    top5: float
+    per_class_accuracy: dict[str, float | None]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+
+
+class Metrics(TypedDict):
+    """``results/{model}/metrics.json``: identical across clean builds."""
+
+    model: str
+    arch: str
+    classes: list[str]
+    splits: dict[str, SplitMetrics]  # "val", "test"
+
+
+class Failure(TypedDict):
+    index: int
+    label: int
+    label_name: str
+    pred: int
+    pred_name: str
+    confidence: float
+    texture: str  # shapes only
+    energy_in_mask_pred: float | None
+    energy_in_mask_true: float | None
+
+
+class Failures(TypedDict):
+    """``figures/{model}/failures/failures.json``."""
+
+    k: int
+    layer: str
+    failures: list[Failure]
+    energy_in_mask: dict[str, dict[str, float | int | None]] | None  # "correct"/"misclassified": mean, std, n
+    mask_area: dict[str, float | None] | None
+
+
+class GroupScores(TypedDict):
+    pointing_game: float | None
+    energy: float | None
+    n: int
+    flagged: int
+
+
+class Faithfulness(TypedDict):
+    deletion_auc: float | None
+    insertion_auc: float | None
+    random_deletion_auc: float | None
+    random_insertion_auc: float | None
+    n: int
+    flagged: int
+    steps: int
+
+
+class SanityCheck(TypedDict):
+    steps: list[str]
+    spearman: list[float | None]
+    ssim: list[float | None]
+    n: int
+    flagged: int
+    passes: bool | None
+
+
+class MethodReport(TypedDict):
+    localisation: dict[str, dict[str, Any]] | None  # layer -> group -> GroupScores, plus "baselines"
+    localisation_skipped: str | None
+    faithfulness: Faithfulness
+    sanity: SanityCheck
+
+
+class Explanations(TypedDict):
+    """``results/{model}/explanations.json`` (details in ``convscope.explanations``)."""
+
+    schema_version: int
+    model: str
+    arch: str
+    input_size: int
+    split: str
+    layers: list[str]
+    layer: str
+    num_images: int
+    sample_indices: list[int]
+    steps: int
+    seed: int
+    tolerance_px: float | None
+    sanity_threshold: float
+    methods: dict[str, MethodReport]

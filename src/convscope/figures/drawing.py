@@ -1,0 +1,138 @@
+"""What the figure families draw with: atomic PNG/array/text writers, image grids, heatmap panels, colour bars.
+
+Every family imports these instead of another family's module, so a heatmap looks the same in every figure.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, same output on every machine
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from convscope.cam import METHODS  # noqa: E402
+from convscope.config import ModelConfig  # noqa: E402
+from convscope.errors import ConfigError  # noqa: E402
+from convscope.io import write_atomic, write_text_atomic  # noqa: E402
+from convscope.transforms import denormalise  # noqa: E402
+
+DPI = 150
+SMALL = 8  # pt: the smallest font any figure uses (panel titles, annotations, dense tick labels)
+CAM_LABEL = "Grad-CAM, normalised per map"
+PANEL_INCHES = 1.55
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Writes ``fig`` as a PNG at 150 dpi (atomically) and closes it; figures use constrained layout, so nothing is cut."""
+    try:
+        return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    finally:
+        plt.close(fig)
+
+
+def save_arrays(path: str | Path, **arrays: object) -> Path:
+    """Writes named arrays to an ``.npz`` file atomically."""
+    return write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def save_text(path: str | Path, text: str) -> Path:
+    """Writes UTF-8 text atomically."""
+    return write_text_atomic(path, text)
+
+def model_label(config: ModelConfig) -> str:
+    """How titles name a model: its configured name, with the architecture when that differs."""
+    return config.name if config.name == config.arch else f"{config.name} ({config.arch})"
+
+def pair(value: int | tuple[int, ...]) -> str:
+    """A kernel or stride as ``7×7`` (ints are square)."""
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    return "×".join(map(str, values))
+
+
+def tile(images: torch.Tensor, pad_value: float) -> np.ndarray:
+    """N×C×h×w images tiled into one near-square H×W×C array (C is 1 or 3), ``pad_value`` between tiles."""
+    count, _, height, width = images.shape
+    # Tiles per row so the grid comes out about square, also for 1×7 or 3×1 kernels.
+    nrow = min(count, math.ceil(math.sqrt(count * (height + 1) / (width + 1))))
+    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=1, pad_value=pad_value)
+    # make_grid copies a single channel to three; keep one so colour maps apply.
+    return grid[: images.shape[1]].permute(1, 2, 0).numpy()
+
+def display_images(inputs: torch.Tensor, config: ModelConfig) -> np.ndarray:
+    """Model inputs as N×H×W×3 float images in [0, 1] for imshow."""
+    return denormalise(inputs, config).permute(0, 2, 3, 1).numpy()
+
+
+def draw_cam(ax: Axes, image: np.ndarray, cam: np.ndarray, flagged: bool, cmap: str, alpha: float) -> None:
+    """The heatmap over the image; a grey "blank map" panel where the engine flagged the map."""
+    if flagged:
+        ax.imshow(np.full(cam.shape, 0.75), cmap="gray", vmin=0, vmax=1)
+        ax.text(0.5, 0.5, "blank map", transform=ax.transAxes, ha="center", va="center", fontsize=SMALL, color="0.2")
+    else:
+        ax.imshow(image)
+        ax.imshow(cam, cmap=cmap, vmin=0, vmax=1, alpha=alpha)
+    clear_axes(ax)
+
+
+def prob(value: float) -> str:
+    """A probability for a title: two decimals, or one significant digit below 0.01 (not a bare 0.00)."""
+    value = float(value)
+    return f"p={value:.2f}" if value >= 0.01 else f"p={value:.1g}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def clear_axes(ax: Axes) -> None:
+    """No ticks or frame, but the y label stays (``axis("off")`` would hide the row labels)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def cam_colorbar(fig: Figure, axes: np.ndarray, cmap: str) -> None:
+    """One colour bar for every heatmap of the figure (all maps share the [0, 1] scale)."""
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(np.ravel(axes)), shrink=min(0.6, 3 / axes.shape[0]), aspect=25, pad=0.02)
+    bar.set_label(CAM_LABEL, fontsize=SMALL)
+    bar.ax.tick_params(labelsize=SMALL)
+
+
+def grid(rows: int, cols: int, title: str, label_inches: float = 0.0, title_lines: int = 0) -> tuple[Figure, np.ndarray]:
+    """A figure of rows×cols image panels (2-D axes array) with a title, room for a colour bar, row labels
+    (``label_inches`` wide) and ``title_lines`` lines of panel title above every row."""
+    # "compressed" is constrained layout that also closes the gaps square images leave between columns; it
+    # shrinks the panels when the titles do not fit, and cuts the last row when they still do not, so the
+    # height must budget for them.
+    height = rows * (PANEL_INCHES + 0.17 * title_lines) + 0.7
+    fig = Figure(figsize=(PANEL_INCHES * cols + 1.0 + label_inches, height), layout="compressed")
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    fig.suptitle(title, fontsize=10)
+    return fig, axes
+
+
+def check_heatmap_options(method: str, cmap: str, alpha: float) -> None:
+    """Raises ConfigError for an unknown CAM method or colour map, or an alpha outside [0, 1]."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    check_cmap(cmap)
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
+
+
+def check_cmap(cmap: str) -> None:
+    """Raises ConfigError for a name that is not a matplotlib colour map."""
+    if cmap not in matplotlib.colormaps:
+        raise ConfigError(f"unknown colour map {cmap!r}; use a matplotlib colour map such as 'jet', 'inferno' or 'RdBu_r'")
