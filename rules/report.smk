@@ -27,6 +27,7 @@ rule render_report:
         generated=paths.REPORT_GENERATED,
         variables=paths.REPORT_VARIABLES,
         code=package_files("report.render"),
+        resources=[str(PACKAGE_DIR / "report" / name) for name in ("quarto.lua", "report.css", "report.js", "typst-header.typ")],
     output:
         html=paths.REPORT_HTML,
         pdf=paths.REPORT_PDF,

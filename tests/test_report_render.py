@@ -22,7 +22,7 @@ pytest.importorskip("pypandoc")
 typst = pytest.importorskip("typst")
 from PIL import Image  # noqa: E402
 
-from convscope.report.render import ReportError, escape_markdown, expand, render_report  # noqa: E402
+from convscope.report.render import ReportError, check, escape_markdown, render_report  # noqa: E402
 
 SPECIAL = "a*b_c#d$e@f<g|h"
 TORTURE = 'x [y] `t` \\ ~z -- w ... //c "q" \'s\' {{< var special >}} 1. + #h = *e* _u_ ^p^ ~s~ &amp;'
@@ -159,13 +159,8 @@ def rendered(tmp_path_factory):
     return project, out
 
 
-def test_expand_includes_and_variables(tmp_path):
-    project = _project(tmp_path)
-    text = expand(project)
-    assert "{{<" not in text
-    assert "has 42 images" in text and "data set shapes" in text
-    assert "Second caption" in text and "First caption with a\\*b" in text  # nested include, escaped var
-    assert text.startswith("---\ntitle:")
+def test_check_accepts_the_subset(tmp_path):
+    check(_project(tmp_path))  # includes, nested includes, variables, comments, references: no error
 
 
 def test_outputs_written(rendered):
