@@ -5,7 +5,8 @@ rule explain:
         code=package_files("explain", "cam", "figures.__init__", "figures.gradcam", "figures.failures", "figures.explanations"),
     output:
         explanations=paths.EXPLANATIONS,
-        figures=directory(paths.EXPLANATION_FIGURES),
+        figures=report(directory(paths.EXPLANATION_FIGURES), patterns=["{name}.png"], caption="captions/figures.rst",
+                       category="{model}", subcategory="explanations", labels={"figure": "{name}"}),
     params:
         settings=explanation_settings,
     conda:
