@@ -22,7 +22,8 @@ pytest.importorskip("pypandoc")
 typst = pytest.importorskip("typst")
 from PIL import Image  # noqa: E402
 
-from convscope.report.render import ReportError, check, escape_markdown, render_report  # noqa: E402
+from convscope.report.render import ReportError, check, render_report
+from convscope.report.sources import md as escape_markdown  # noqa: E402
 
 SPECIAL = "a*b_c#d$e@f<g|h"
 TORTURE = 'x [y] `t` \\ ~z -- w ... //c "q" \'s\' {{< var special >}} 1. + #h = *e* _u_ ^p^ ~s~ &amp;'

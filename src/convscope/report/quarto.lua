@@ -45,16 +45,6 @@ local function fail(file, needle, message)
   error(where(file, needle) .. ": " .. message, 0)
 end
 
-local function read_file(path, from)
-  local fh = io.open(path, "rb")
-  if not fh then
-    fail(from.file, from.needle, "included file " .. path .. " does not exist; paths are relative to the project " .. project)
-  end
-  local text = fh:read("a")
-  fh:close()
-  return text
-end
-
 local function variable(key, file)
   local node = meta
   for part in key:gmatch("[^.]+") do
@@ -225,8 +215,11 @@ local function blocks_of(file, text, main)
   for _, block in ipairs(doc.blocks) do
     local target = block.t == "Para" and pandoc.utils.stringify(block):match("^{{<%s*include%s+(%S+)%s*>}}$")
     if target then
-      local path = pandoc.path.join({ project, (target:gsub("^[\"']", ""):gsub("[\"']$", "")) })
-      out:extend(blocks_of(path, read_file(path, { file = file, needle = target }), false))
+      local path = pandoc.path.join({ project, (target:gsub("[\"']", "")) })
+      local fh = io.open(path, "rb") or fail(file, target, "included file " .. path .. " does not exist; "
+        .. "paths are relative to the project " .. project)
+      out:extend(blocks_of(path, fh:read("a"), false))
+      fh:close()
     else
       local walked = pandoc.Blocks({ block }):walk({ Inlines = shortcodes(file) }):walk(checks(file))
       out:extend(walked)
@@ -290,9 +283,8 @@ function Pandoc(doc)
   local main = PANDOC_STATE.input_files[1]
   project, meta = pandoc.path.directory(main), doc.meta
   local fh = io.open(main, "rb")
-  local text = fh:read("a")
+  doc.blocks = blocks_of(main, fh:read("a"), true)
   fh:close()
-  doc.blocks = blocks_of(main, text, true)
   doc.meta = pandoc.Pandoc({}, doc.meta):walk({ Inlines = shortcodes(main) }).meta
   for _, ref in ipairs(references) do
     if not labels[ref.id] then

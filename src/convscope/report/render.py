@@ -5,7 +5,7 @@ pandoc (the binary of ``pypandoc-binary``) and Typst (the compiler of the ``typs
 
 1. pandoc reads ``report.qmd`` with ``_variables.yml`` as metadata and the Lua filter ``quarto.lua``, which splices
    ``{{< include >}}`` files in, resolves ``{{< var >}}``, rejects what is outside the subset both renderers
-   understand (see :data:`SUPPORTED`) with one line naming the file and the line, and numbers figures and tables
+   understand (the header of ``quarto.lua`` lists it) with one line naming the file and the line, and numbers figures and tables
    the way Quarto does; it writes HTML (``report.css``, ``report.js``, all embedded) and Typst source (preamble
    ``typst-header.typ``, Typst's own figure numbering off so numbers are not doubled);
 2. ``typst.compile`` turns the Typst source into the PDF.
@@ -47,36 +47,6 @@ QUARTO_OPTIONS = ("toc", "toc-depth", "number-sections", "papersize", "margin", 
 # What quarto.lua accepts; pandoc's Markdown with raw HTML/TeX kept as nodes, so the filter can reject them.
 PANDOC_FROM = "markdown-raw_attribute"
 
-SUPPORTED = """\
-front matter (main file only): title, subtitle, author, date, abstract;
-{{< include path >}} as a paragraph of its own (path relative to the project directory);
-{{< var key >}} / {{< var a.b.c >}} from _variables.yml;
-figures: a paragraph holding only ![Caption](path.png){#fig-id width=80%}, referenced as @fig-id;
-tables: pipe table followed by ': Caption {#tbl-id}', referenced as @tbl-id;
-headings # to #### with {.unnumbered}, {.appendix}, {-} or {#id};
-plain Markdown (lists, emphasis, links, math, ```lang code blocks, <!-- comments -->)."""
-
-_MD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-
-
-def escape_markdown(text: str) -> str:
-    """Escape a plain string so that it renders literally in the report's Markdown.
-
-    Every ASCII punctuation character is backslash-escaped (pandoc Markdown accepts an escape before any of them),
-    which covers emphasis, code, headings, table cells (``|``), citations (``@``), raw HTML (``<``), math (``$``),
-    smart punctuation and shortcodes (``{``). Line breaks become spaces. The result is safe in a paragraph, a
-    heading, a caption, a table cell and a ``_variables.yml`` value (as a plain or single-quoted YAML scalar).
-
-    Args:
-        text: Any string, e.g. a class name such as ``"a*b_c#d$e@f<g|h"``.
-
-    Returns:
-        The Markdown source that renders as ``text``.
-    """
-    text = " ".join(str(text).splitlines())
-    return "".join("\\" + ch if ch in _MD_PUNCTUATION else ch for ch in text)
-
-
 def _project(project_dir: str | os.PathLike[str]) -> Path:
     project = Path(project_dir).resolve()
     if not (project / "_quarto.yml").is_file():
@@ -113,7 +83,7 @@ def _run_pandoc(project: Path, args: list[str], output: Path) -> None:
 
 
 def check(project_dir: str | os.PathLike[str]) -> None:
-    """Check that the project's document keeps to the subset both renderers understand (see :data:`SUPPORTED`).
+    """Check that the project's document keeps to the subset both renderers understand (listed in ``quarto.lua``).
 
     Raises:
         ReportError: Naming the file and line of the first construct outside the subset, missing file, unknown
@@ -274,4 +244,4 @@ def render_report(project_dir: str | os.PathLike[str], renderer: str = "auto",
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["ReportError", "SUPPORTED", "check", "escape_markdown", "render_report"]
+__all__ = ["ReportError", "check", "render_report"]

@@ -4,7 +4,7 @@
 writes Quarto Markdown into ``report/_generated/`` (``comparison.qmd``, ``models.qmd``, ``appendix.qmd`` and
 copies of the figures they show) plus ``report/_variables.yml``; the hand-written ``report/report.qmd``
 includes those files and quotes the variables. Every string that comes from data (class names, config
-values, paths) goes through ``escape_markdown``, so ``*``, ``_``, ``#``, ``$``, ``@`` and ``<`` render
+values, paths) goes through ``md``, so ``*``, ``_``, ``#``, ``$``, ``@`` and ``<`` render
 literally in HTML and PDF.
 """
 
@@ -33,7 +33,6 @@ from PIL import Image
 from convscope import paths
 from convscope.errors import ReportError
 from convscope.figures.gradcam import METHOD_NAMES
-from convscope.report.render import escape_markdown as md
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
 # figures get a width that keeps their height inside that.
@@ -46,6 +45,27 @@ MAX_LISTED_CLASSES = 30
 MAX_INLINE_SKIPPED = 5  # skipped files named in the dataset section; more go to the appendix
 GENERATED = ("comparison.qmd", "dataset.qmd", "models.qmd", "appendix.qmd")  # each from templates/<name>.j2
 SATURATED_INSERTION = 0.9  # random-map insertion AUC above which the insertion metric says nothing
+
+
+MD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def md(text: str) -> str:
+    """Escape a plain string so that it renders literally in the report's Markdown.
+
+    Every ASCII punctuation character is backslash-escaped (pandoc Markdown accepts an escape before any of them),
+    which covers emphasis, code, headings, table cells (``|``), citations (``@``), raw HTML (``<``), math (``$``),
+    smart punctuation and shortcodes (``{``). Line breaks become spaces. The result is safe in a paragraph, a
+    heading, a caption, a table cell and a ``_variables.yml`` value (as a plain or single-quoted YAML scalar).
+
+    Args:
+        text: Any string, e.g. a class name such as ``"a*b_c#d$e@f<g|h"``.
+
+    Returns:
+        The Markdown source that renders as ``text``.
+    """
+    text = " ".join(str(text).splitlines())
+    return "".join("\\" + ch if ch in MD_PUNCTUATION else ch for ch in text)
 
 
 @dataclass
