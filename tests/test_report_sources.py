@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 from convscope.errors import ReportError
-from convscope.report.sources import FigureCopier, dataset_data, plural, templates
+from convscope.report.sources import FigureCopier, dataset_data, plural, table, templates
 
 SPECIAL = "a*b_c#d$e@f<g|h"
 
@@ -55,3 +55,13 @@ def _index(tmp_path: Path) -> Path:
     path = tmp_path / "index.json"
     path.write_text('{"kind": "shapes", "classes": ["a"], "labels": {"train": [0], "val": [0], "test": [0]}}')
     return path
+
+
+def test_wide_table_columns_are_as_wide_as_their_longest_word():
+    header = ["model", "parameters", "input", "epochs"]
+    text = table(header, [[r"inception\_v3 (inception\_v3)", "25.11 M", "299 px", 12]], "Models", "comparison", "lrrr")
+    rule = text.splitlines()[1].strip("|").split("|")
+    dashes = [len(cell.strip().strip(":")) for cell in rule]
+    # pandoc sizes a wide table's columns by these dashes: no header word may get fewer than it has letters
+    assert all(d >= len(word) for d, word in zip(dashes, header)), dashes
+    assert dashes[0] == max(dashes)

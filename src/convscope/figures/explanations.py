@@ -377,7 +377,7 @@ def render_explanations(
     count = len(sanity[methods[0]].steps)
     picked = np.unique(np.linspace(0, count - 1, min(count, MAX_STEP_COLUMNS)).round().astype(int)).tolist()
     images = display_images(inputs[examples], config)
-    names = [f"test #{sample[e]}\n{source.classes[source.labels[sample[e]]]}" for e in examples]
+    names = [f"test image {sample[e]}\n{source.classes[source.labels[sample[e]]]}" for e in examples]
     paths.append(save_figure(_sanity_maps_figure(config, report, images, names, sanity, picked, cmap, alpha), out_dir / "sanity_maps.png"))
     paths.append(save_arrays(out_dir / "explanations.npz", **arrays))
     return paths

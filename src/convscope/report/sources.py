@@ -144,11 +144,19 @@ def duration(seconds: float) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str, label: str, align: str = "") -> str:
-    """A pipe table with a Quarto caption and id; cells are used as given (escape data before)."""
+    """A pipe table with a Quarto caption and id; cells are used as given (escape data before).
+
+    A wide table gets column widths in proportion to the dashes under its header (pandoc's rule), so each column
+    gets dashes for its longest word (which cannot wrap) or half its longest cell, plus room for the cell padding:
+    a long model name is not squeezed into a narrow column, nor a header word into its neighbour.
+    """
     align = align or "l" * len(header)
-    rule = ["---:" if a == "r" else "---" for a in align]
+    body = [[str(cell) for cell in row] for row in rows]
+    widths = [max(max(len(word) for cell in column for word in cell.split() or [""]), max(map(len, column)) // 2) + 3
+              for column in zip(header, *body)]
+    rule = ["-" * (w - 1) + (":" if a == "r" else "-") for a, w in zip(align, widths)]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + f"\n\n: {caption} {{#tbl-{label}}}\n"
 
 
