@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import zipfile
 import sys
 from pathlib import Path
 
@@ -180,3 +181,19 @@ def test_invalid_config_fails_before_any_job(built, tmp_path):
     assert result.returncode != 0
     assert "convscope: error: config models[0].epochs = \"ten\": 'ten' is not of type 'integer'" in result.stderr
     assert "rule " not in result.stdout
+
+
+def test_snakemake_report_holds_every_figure_per_model(built):
+    result = snakemake(built, "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(built / "report.zip") as archive:
+        names = archive.namelist()
+        page = archive.read("report/report.html").decode()
+    shipped = sorted(Path(name).name for name in names if name.endswith(".png"))
+    for model in ("tiny", "second"):
+        for family in (*FAMILIES, "explanations"):
+            drawn = sorted(p.name for p in (built / "figures" / model / family).glob("*.png"))
+            assert drawn and set(drawn) <= set(shipped), (model, family)
+            assert f'"{family}"' in page  # its subcategory
+        assert f'"{model}"' in page  # its category
+    assert len(shipped) == len(list((built / "figures").glob("*/*/*.png")))

@@ -1,0 +1,8 @@
+#!/usr/bin/env sh
+# The README's pictures of the HTML report, taken by headless Chromium after a build (snakemake --cores all):
+#   sh docs/screenshots.sh [section-id]     (default: the first model's Grad-CAM section)
+set -eu
+page="file://$(pwd)/report/_output/report.html"
+shoot() { chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --virtual-time-budget=3000 "$@" 2>/dev/null; }
+shoot --window-size=1400,900 --screenshot=docs/report-html-wide.png "$page#${1:-grad-cam-across-layers-and-classes}"
+shoot --window-size=400,860 --screenshot=docs/report-html-narrow.png "$page"
