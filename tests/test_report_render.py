@@ -285,6 +285,13 @@ ERRORS = {
     "error in include": ("Intro\n\n{{< include part.qmd >}}\n", {"part.qmd": "x\n\ny {{< var nope >}}\n"}, "part.qmd:3", "nope"),
     "figure not alone": ("Text ![c](_generated/first.png){#fig-a}\n", {}, "report.qmd:1", "#fig-a"),
     "missing image": ("![c](_generated/nope.png){#fig-a}\n", {}, "report.qmd:1", "nope.png"),
+    "duplicate label": ("![a](_generated/first.png){#fig-a}\n\n![b](_generated/second.png){#fig-a}\n", {},
+                        "report.qmd:3", "already used at"),
+    "raw tex": ("Text\n\nSome \\textbf{bold}.\n", {}, "report.qmd:3", "raw TEX"),
+    "span": ("A [word]{.mark} here.\n", {}, "report.qmd:1", "bracketed spans"),
+    "heading class": ("# Title {.smaller}\n", {}, "report.qmd:1", ".smaller"),
+    "front matter in include": ("Intro\n\n{{< include part.qmd >}}\n", {"part.qmd": "---\ntitle: x\n---\n\nBody\n"},
+                                "part.qmd:1", "front matter"),
 }
 
 

@@ -29,16 +29,16 @@ local function kind_of(id)
   return id:match("^(fig)%-") or id:match("^(tbl)%-")
 end
 
--- "file:line" of the first line of file that holds needle (line 1 when none does).
-local function where(file, needle)
+-- "file:line" of the first line of file, from line `from` on, that holds needle (line 1 when none does).
+local function where(file, needle, from)
   local n = 0
   for line in (sources[file] .. "\n"):gmatch("([^\n]*)\n") do
     n = n + 1
-    if needle and line:find(needle, 1, true) then
-      return file .. ":" .. n
+    if needle and n >= (from or 1) and line:find(needle, 1, true) then
+      return file .. ":" .. n, n
     end
   end
-  return file .. ":1"
+  return file .. ":1", 1
 end
 
 local function fail(file, needle, message)
@@ -105,10 +105,13 @@ local function shortcodes(file)
 end
 
 local function label(id, file)
-  if labels[id] then
-    fail(file, "#" .. id, "label #" .. id .. " is already used at " .. labels[id] .. "; labels must be unique")
+  local first = labels[id]
+  if first then
+    local at = where(file, "#" .. id, first.file == file and first.line + 1 or 1)
+    error(at .. ": label #" .. id .. " is already used at " .. first.where .. "; labels must be unique", 0)
   end
-  labels[id] = where(file, "#" .. id)
+  local at, line = where(file, "#" .. id)
+  labels[id] = { file = file, line = line, where = at }
 end
 
 local function check_image(img, file)
@@ -165,10 +168,7 @@ local function checks(file)
       end
     end,
     Figure = function(fig)
-      if fig.identifier ~= "" then label(fig.identifier, file) end
-      for _, img in ipairs(pandoc.utils.type(fig.content[1]) == "Block" and fig.content[1].content or {}) do
-        if img.t == "Image" then img.identifier = "" end -- the figure holds the id
-      end
+      if fig.identifier ~= "" then label(fig.identifier, file) end -- pandoc moved it there from the image
     end,
     Table = function(tbl)
       if tbl.identifier ~= "" then
