@@ -14,7 +14,8 @@ quarto.lua: the subset of Quarto the report uses, as one pandoc Lua filter (conv
   the .typ file), and "..." stays three dots.
 --]]
 
-local FROM = "markdown-raw_attribute"
+-- Included files are read as pandoc read the main document (render.py's PANDOC_FROM).
+local FROM = { format = "markdown", extensions = PANDOC_READER_OPTIONS.extensions }
 local FRONT_MATTER = { title = true, subtitle = true, author = true, date = true, abstract = true }
 local PREFIX = { fig = "Figure", tbl = "Table" }
 local HEADING_CLASSES = { unnumbered = true, appendix = true }

@@ -44,7 +44,8 @@ VARIABLES = "_variables.yml"
 FORMATS = ("html", "pdf", "typst")
 # _quarto.yml options (top level or under format: html/typst) that the fallback honours; others are ignored.
 QUARTO_OPTIONS = ("toc", "toc-depth", "number-sections", "papersize", "margin", "fontsize")
-# What quarto.lua accepts; pandoc's Markdown with raw HTML/TeX kept as nodes, so the filter can reject them.
+# pandoc's Markdown as Quarto reads it, raw HTML/TeX kept as nodes so that quarto.lua can reject them; the filter
+# reads included files with the same extensions.
 PANDOC_FROM = "markdown-raw_attribute"
 
 def _project(project_dir: str | os.PathLike[str]) -> Path:
