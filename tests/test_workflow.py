@@ -192,8 +192,8 @@ def test_snakemake_report_holds_every_figure_per_model(built):
     shipped = sorted(Path(name).name for name in names if name.endswith(".png"))
     for model in ("tiny", "second"):
         for family in (*FAMILIES, "explanations"):
-            drawn = sorted(p.name for p in (built / "figures" / model / family).glob("*.png"))
-            assert drawn and set(drawn) <= set(shipped), (model, family)
-            assert f'"{family}"' in page  # its subcategory
+            drawn = {p.name for p in (built / "figures" / model / family).glob("*.png")}
+            assert (drawn or family == "architecture") and drawn <= set(shipped), (model, family)  # no PNG: text only
+            assert not drawn or f'"{family}"' in page, family  # its subcategory
         assert f'"{model}"' in page  # its category
     assert len(shipped) == len(list((built / "figures").glob("*/*/*.png")))
