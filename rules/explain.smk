@@ -4,7 +4,8 @@ rule explain:
         checkpoint=paths.CHECKPOINT,
     output:
         explanations=paths.EXPLANATIONS,
-        figures=directory(paths.EXPLANATION_FIGURES),
+        figures=report(directory(paths.EXPLANATION_FIGURES), patterns=["{name}.png"], caption="captions/figures.rst",
+                       category="{model}", subcategory="explanations", labels={"figure": "{name}"}),
     params:
         code=code("explain"),
         settings=explanation_settings,

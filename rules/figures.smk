@@ -2,7 +2,8 @@ rule figures:
     input:
         unpack(figure_inputs),
     output:
-        directory(paths.FIGURE_DIR),
+        report(directory(paths.FIGURE_DIR), patterns=["{name}.png"], caption="captions/figures.rst",
+               category="{model}", subcategory="{family}", labels={"figure": "{name}"}),
     params:
         code=figure_code,
         settings=figure_settings,

@@ -1,6 +1,9 @@
+import glob
+
 rule report_sources:
     input:
         unpack(report_source_inputs),
+        templates=sorted(glob.glob(f"{paths.REPORT_DIR}/templates/*.j2")),  # the words of the generated sections
     output:
         generated=directory(paths.REPORT_GENERATED),
         variables=paths.REPORT_VARIABLES,

@@ -267,3 +267,17 @@ def test_dataset_without_masks(resnet_run, index_path, tmp_path, monkeypatch):
     assert [p.name for p in paths] == ["failures.png", "failures.npz", "failures.json"]
     report = json.loads((tmp_path / "failures.json").read_text())
     assert report["energy_in_mask"] is None and report["failures"][0]["energy_in_mask_true"] is None
+
+
+def test_colour_bar_label_fits_a_one_row_figure(tmp_path):
+    """One failure case: the colour bar is short, and its label must still lie inside the figure."""
+    from convscope.figures.gradcam import cam_colorbar, grid
+
+    fig, axes = grid(1, 3, "model: most confident test misclassifications\nGrad-CAM at layer4", title_lines=2)
+    for ax in axes.ravel():
+        ax.imshow(np.zeros((32, 32)))
+        ax.set_title("pred: x\n0.93", fontsize=7)
+    cam_colorbar(fig, axes[:, 1:], "jet")
+    fig.savefig(tmp_path / "one-case.png", dpi=150)  # lays the figure out
+    label = fig.axes[-1].yaxis.label.get_window_extent()
+    assert fig.bbox.y0 <= label.y0 and label.y1 <= fig.bbox.y1, label

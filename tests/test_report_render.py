@@ -22,7 +22,8 @@ pytest.importorskip("pypandoc")
 typst = pytest.importorskip("typst")
 from PIL import Image  # noqa: E402
 
-from convscope.report.render import ReportError, escape_markdown, expand, render_report  # noqa: E402
+from convscope.report.render import ReportError, check, render_report
+from convscope.report.sources import md as escape_markdown  # noqa: E402
 
 SPECIAL = "a*b_c#d$e@f<g|h"
 TORTURE = 'x [y] `t` \\ ~z -- w ... //c "q" \'s\' {{< var special >}} 1. + #h = *e* _u_ ^p^ ~s~ &amp;'
@@ -159,13 +160,8 @@ def rendered(tmp_path_factory):
     return project, out
 
 
-def test_expand_includes_and_variables(tmp_path):
-    project = _project(tmp_path)
-    text = expand(project)
-    assert "{{<" not in text
-    assert "has 42 images" in text and "data set shapes" in text
-    assert "Second caption" in text and "First caption with a\\*b" in text  # nested include, escaped var
-    assert text.startswith("---\ntitle:")
+def test_check_accepts_the_subset(tmp_path):
+    check(_project(tmp_path))  # includes, nested includes, variables, comments, references: no error
 
 
 def test_outputs_written(rendered):
@@ -289,6 +285,13 @@ ERRORS = {
     "error in include": ("Intro\n\n{{< include part.qmd >}}\n", {"part.qmd": "x\n\ny {{< var nope >}}\n"}, "part.qmd:3", "nope"),
     "figure not alone": ("Text ![c](_generated/first.png){#fig-a}\n", {}, "report.qmd:1", "#fig-a"),
     "missing image": ("![c](_generated/nope.png){#fig-a}\n", {}, "report.qmd:1", "nope.png"),
+    "duplicate label": ("![a](_generated/first.png){#fig-a}\n\n![b](_generated/second.png){#fig-a}\n", {},
+                        "report.qmd:3", "already used at"),
+    "raw tex": ("Text\n\nSome \\textbf{bold}.\n", {}, "report.qmd:3", "raw TEX"),
+    "span": ("A [word]{.mark} here.\n", {}, "report.qmd:1", "bracketed spans"),
+    "heading class": ("# Title {.smaller}\n", {}, "report.qmd:1", ".smaller"),
+    "front matter in include": ("Intro\n\n{{< include part.qmd >}}\n", {"part.qmd": "---\ntitle: x\n---\n\nBody\n"},
+                                "part.qmd:1", "front matter"),
 }
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import zipfile
 import sys
 from pathlib import Path
 
@@ -304,3 +305,19 @@ def test_editing_only_comments_docstrings_and_layout_reruns_nothing(built, packa
     finally:
         for path, text in originals.items():
             path.write_text(text)
+
+
+def test_snakemake_report_holds_every_figure_per_model(built):
+    result = snakemake(built, "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(built / "report.zip") as archive:
+        names = archive.namelist()
+        page = archive.read("report/report.html").decode()
+    shipped = sorted(Path(name).name for name in names if name.endswith(".png"))
+    for model in ("tiny", "second"):
+        for family in (*FAMILIES, "explanations"):
+            drawn = {p.name for p in (built / "figures" / model / family).glob("*.png")}
+            assert (drawn or family == "architecture") and drawn <= set(shipped), (model, family)  # no PNG: text only
+            assert not drawn or f'"{family}"' in page, family  # its subcategory
+        assert f'"{model}"' in page  # its category
+    assert len(shipped) == len(list((built / "figures").glob("*/*/*.png")))

@@ -255,5 +255,5 @@ def compute_explanations(
     arrays |= {"sample_targets": targets.numpy(), "fractions": baseline.fractions.numpy(), "random_deletion": baseline.deletion.numpy(),
                "random_insertion": baseline.insertion.numpy(), "sanity_steps": np.asarray(sanity[methods[0]].steps, dtype=str)}
 
-    names = [f"test #{sample[e]}\n{source.classes[source.labels[sample[e]]]}" for e in examples]
+    names = [f"test image {sample[e]}\n{source.classes[source.labels[sample[e]]]}" for e in examples]
     return Explanations(config, report, arrays, inputs[examples], names, curves, sanity, baseline)

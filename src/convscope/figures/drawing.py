@@ -106,7 +106,8 @@ def clear_axes(ax: Axes) -> None:
 def cam_colorbar(fig: Figure, axes: np.ndarray, cmap: str) -> None:
     """One colour bar for every heatmap of the figure (all maps share the [0, 1] scale)."""
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(np.ravel(axes)), shrink=min(0.6, 3 / axes.shape[0]), aspect=25, pad=0.02)
-    bar.set_label(CAM_LABEL, fontsize=SMALL)
+    # A one-row figure's bar is shorter than the label: two lines keep it inside the figure.
+    bar.set_label(CAM_LABEL if axes.shape[0] > 1 else CAM_LABEL.replace(", ", ",\n"), fontsize=SMALL)
     bar.ax.tick_params(labelsize=SMALL)
 
 

@@ -82,7 +82,7 @@ def _failures_figure(config: ModelConfig, rows: pd.DataFrame, images: np.ndarray
         clear_axes(axes[row, 0])
         _contour(axes[row, 0], mask)
         on = f" on {textures[record['index']]}" if textures else ""
-        axes[row, 0].set_title(f"test #{record['index']}{on}", fontsize=SMALL)
+        axes[row, 0].set_title(f"test image {record['index']}{on}", fontsize=SMALL)
         for col, kind in enumerate(("pred", "true"), start=1):
             target = int(record["pred" if kind == "pred" else "label"])
             draw_cam(axes[row, col], images[row], arrays[f"cam_{kind}"][row], bool(arrays[f"flags_{kind}"][row]), cmap, alpha)

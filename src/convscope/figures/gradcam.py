@@ -127,7 +127,7 @@ def render_gradcam(
         arrays[f"cam_{layer}"] = result.maps[layer].numpy().astype(np.float32)
         arrays[f"flags_{layer}"] = result.flags[layer].numpy().astype(bool)
     paths = [save_arrays(out_dir / "gradcam.npz", **arrays)]
-    names = [f"{split} #{i}" for i in indices]
+    names = [f"{split} image {i}" for i in indices]  # the index the report and predictions.csv use
     fig = _layers_figure(config, images, result, labels, source.classes, names, method, cmap, alpha)
     paths.append(save_figure(fig, out_dir / "gradcam_layers.png"))
     paths += _render_classes(config, model, inputs, images, labels, source.classes, indices, names, layers[-1], result.logits, out_dir, method, cmap, alpha)

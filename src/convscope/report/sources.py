@@ -4,7 +4,7 @@
 writes Quarto Markdown into ``report/_generated/`` (``comparison.qmd``, ``models.qmd``, ``appendix.qmd`` and
 copies of the figures they show) plus ``report/_variables.yml``; the hand-written ``report/report.qmd``
 includes those files and quotes the variables. Every string that comes from data (class names, config
-values, paths) goes through ``escape_markdown``, so ``*``, ``_``, ``#``, ``$``, ``@`` and ``<`` render
+values, paths) goes through ``md``, so ``*``, ``_``, ``#``, ``$``, ``@`` and ``<`` render
 literally in HTML and PDF.
 """
 
@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import numpy as np
 import yaml
 from PIL import Image
 
 from convscope import paths
-from convscope.contracts import Checkpoint, Explanations, Failures, Metrics
+from convscope.errors import ReportError
 from convscope.cam import METHOD_NAMES
-from convscope.report.render import escape_markdown as md
+from convscope.contracts import Checkpoint, Explanations, Failures, Metrics
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
 # figures get a width that keeps their height inside that.
@@ -41,7 +43,30 @@ PACKAGES = ("convscope", "torch", "torchvision", "numpy", "pillow", "matplotlib"
             "pypandoc-binary", "typst")
 FEATURE_MAP_FIGURES = 2  # per model in the body; the rest stay in figures/{model}/feature_maps/
 MAX_LISTED_CLASSES = 30
+MAX_INLINE_SKIPPED = 5  # skipped files named in the dataset section; more go to the appendix
+GENERATED = ("comparison.qmd", "dataset.qmd", "models.qmd", "appendix.qmd")  # each from templates/<name>.j2
 SATURATED_INSERTION = 0.9  # random-map insertion AUC above which the insertion metric says nothing
+
+
+MD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def md(text: str) -> str:
+    """Escape a plain string so that it renders literally in the report's Markdown.
+
+    Every ASCII punctuation character is backslash-escaped (pandoc Markdown accepts an escape before any of them),
+    which covers emphasis, code, headings, table cells (``|``), citations (``@``), raw HTML (``<``), math (``$``),
+    smart punctuation and shortcodes (``{``). Line breaks become spaces. The result is safe in a paragraph, a
+    heading, a caption, a table cell and a ``_variables.yml`` value (as a plain or single-quoted YAML scalar).
+
+    Args:
+        text: Any string, e.g. a class name such as ``"a*b_c#d$e@f<g|h"``.
+
+    Returns:
+        The Markdown source that renders as ``text``.
+    """
+    text = " ".join(str(text).splitlines())
+    return "".join("\\" + ch if ch in MD_PUNCTUATION else ch for ch in text)
 
 
 @dataclass
@@ -103,6 +128,11 @@ def code(text: str) -> str:
     return "`" + str(text).replace("`", "'") + "`"
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``"1 model"``, ``"2 models"``: the count with the word in the number it calls for."""
+    return f"{count:,} {word if count == 1 else words or word + 's'}"
+
+
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
@@ -115,11 +145,19 @@ def duration(seconds: float) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str, label: str, align: str = "") -> str:
-    """A pipe table with a Quarto caption and id; cells are used as given (escape data before)."""
+    """A pipe table with a Quarto caption and id; cells are used as given (escape data before).
+
+    A wide table gets column widths in proportion to the dashes under its header (pandoc's rule), so each column
+    gets dashes for its longest word (which cannot wrap) or half its longest cell, plus room for the cell padding:
+    a long model name is not squeezed into a narrow column, nor a header word into its neighbour.
+    """
     align = align or "l" * len(header)
-    rule = ["---:" if a == "r" else "---" for a in align]
+    body = [[str(cell) for cell in row] for row in rows]
+    widths = [max(max(len(word) for cell in column for word in cell.split() or [""]), max(map(len, column)) // 2) + 3
+              for column in zip(header, *body)]
+    rule = ["-" * (w - 1) + (":" if a == "r" else "-") for a, w in zip(align, widths)]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + f"\n\n: {caption} {{#tbl-{label}}}\n"
 
 
@@ -138,7 +176,11 @@ class FigureCopier:
     def __init__(self, out_dir: Path, final_name: str) -> None:
         self.out_dir, self.final_name = out_dir, final_name
 
-    def __call__(self, source: Path, model: ModelArtifacts, label: str, caption: str) -> str:
+    def __call__(self, model: ModelArtifacts, name: str | Path, label: str, caption: str) -> str:
+        """The Markdown of the figure ``name`` (relative to the model's figures folder), or a note when missing."""
+        source = model.figures / name
+        if not source.is_file():
+            return f"*No {md(source.name)} was drawn for this model.*\n"
         relative = Path("figures", model.name, source.parent.name, source.name)
         (self.out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, self.out_dir / relative)
@@ -148,18 +190,28 @@ class FigureCopier:
         return f"![{caption}]({self.final_name}/{relative.as_posix()}){{#fig-{model.slug}-{label} width={width}%}}\n"
 
 
-def comparison_section(models: Sequence[ModelArtifacts]) -> str:
-    """The cross-model table: size, input, training budget and accuracy."""
+def templates(folder: Path, figure: FigureCopier) -> jinja2.Environment:
+    """The report's templates, with filters that escape data (``md``), quote code and count (``plural``)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(md=md, code=code, percent=percent, duration=duration, plural=plural, score=score)
+    env.globals.update(table=table, figure=figure, method_names=METHOD_NAMES)
+    return env
+
+
+# Data assembly, one function per figure family (plus the dataset and the explanations): each returns what its
+# part of the templates in report/templates/ shows; the words are in the templates.
+
+
+def comparison_rows(models: Sequence[ModelArtifacts]) -> list[list[object]]:
+    """The cross-model table: size, input, training budget and accuracy, one row per model."""
     rows = []
     for m in models:
         val, test = m.metrics["splits"]["val"], m.metrics["splits"]["test"]
         rows.append([m.label, md(weights_label(m.config["weights"])), f"{m.parameters / 1e6:.2f} M",
                      f"{m.config['input_size']} px", m.config["epochs"], percent(val["top1"]), percent(val["top5"]),
                      percent(test["top1"]), percent(test["top5"]), duration(m.train_seconds)])
-    header = ["model", "initial weights", "parameters", "input", "epochs", "val top-1", "val top-5", "test top-1",
-              "test top-5", "training time"]
-    return table(header, rows, "Models compared: size, input, training budget and accuracy", "comparison",
-                 "lllrrrrrrr")
+    return rows
 
 
 def weights_label(weights: str | None) -> str:
@@ -173,203 +225,124 @@ def split_sizes(index: dict[str, Any]) -> dict[str, int]:
     return {split: len(labels) for split, labels in index["labels"].items()}
 
 
-def dataset_section(index: dict[str, Any], dataset: dict[str, Any]) -> str:
-    """Classes and split sizes of the dataset every model saw."""
+def dataset_data(index: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
+    """Classes, split sizes, skipped files and the built-in shortcut of the dataset every model saw."""
     classes = index["classes"]
-    listed = ", ".join(md(c) for c in classes[:MAX_LISTED_CLASSES])
-    if len(classes) > MAX_LISTED_CLASSES:
-        listed += f", … ({len(classes) - MAX_LISTED_CLASSES} more)"
-    counts = split_sizes(index)
-    source = ("generated by convscope (the embedded *shapes* set, with object masks)" if index["kind"] == "shapes"
-              else f"read from {code(dataset.get('root'))} ({md(index['kind'])})")
-    text = [f"The dataset is {source}: {len(classes)} classes, "
-            + ", ".join(f"{counts[s]:,} {s}" for s in ("train", "val", "test")) + " images.",
-            "", f"Classes: {listed}.", ""]
-    if index.get("skipped"):
-        text += [f"{len(index['skipped'])} unreadable image file(s) were skipped when the dataset was indexed.", ""]
-    if index["kind"] == "shapes" and dataset["shapes"].get("spurious_class"):
-        shapes = dataset["shapes"]
-        text += [f"In training, {percent(shapes['spurious_fraction'])} of the *{md(shapes['spurious_class'])}* images lie "
-                 f"on a *{md(shapes['spurious_texture'])}* background that the other classes rarely get; in test every "
-                 "class gets every texture equally often. A model that learned this shortcut mistakes other shapes on "
-                 "that texture for it, which the failure analysis below looks for.", ""]
-    return "\n".join(text)
+    skipped = list(index.get("skipped", []))
+    return {"index": index, "dataset": dataset, "classes": classes[:MAX_LISTED_CLASSES],
+            "more_classes": max(0, len(classes) - MAX_LISTED_CLASSES), "counts": split_sizes(index),
+            "skipped": skipped, "skipped_inline": len(skipped) <= MAX_INLINE_SKIPPED}
 
 
-def _setting_rows(config: dict[str, Any]) -> list[list[str]]:
-    pre = config["preprocessing"]
+def training_data(m: ModelArtifacts) -> dict[str, Any]:
+    """The training setup table and the number of epochs run."""
+    config, pre = m.config, m.config["preprocessing"]
     size = config["input_size"]
     resize = f"shorter side to {pre['resize']} px" if pre["resize"] else f"to {size} px"
     crop = "random" if pre["crop"] == "random" else "centre"
-    return [
+    setup = [
         ["architecture", f"torchvision {code(config['arch'])}"],
         ["initial weights", md(weights_label(config["weights"]))],
         ["input", f"3×{size}×{size}"],
         ["preprocessing", f"resize {resize}; {crop} crop to {size} px in training, centre crop in evaluation"
                           + ("; random horizontal flips in training" if pre["hflip"] else "")
                           + ("; grayscale, replicated to 3 channels" if pre["grayscale"] else "")],
-        ["normalisation", f"mean ({', '.join(f'{v:.3f}' for v in pre['mean'])}), std ({', '.join(f'{v:.3f}' for v in pre['std'])})"],
+        ["normalisation", f"mean ({', '.join(f'{v:.3f}' for v in pre['mean'])}), "
+                          f"std ({', '.join(f'{v:.3f}' for v in pre['std'])})"],
         ["optimiser", f"{config['optimizer']}, lr {config['lr']:g}"
                       + (f", head lr {config['head_lr']:g}" if config["head_lr"] else "")
                       + f", weight decay {config['weight_decay']:g}, {config['lr_schedule']} schedule"],
-        ["training", f"{config['epochs']} epochs, batch size {config['batch_size']}, seed {config['seed']}"
+        ["training", f"{plural(config['epochs'], 'epoch')}, batch size {config['batch_size']}, seed {config['seed']}"
                      + ("; backbone frozen (head only)" if config["freeze"] == "backbone" else "")
                      + (f"; label smoothing {config['label_smoothing']:g}" if config["label_smoothing"] else "")],
     ]
-
-
-def stage_rows(stages_csv: Path) -> list[list[str]]:
-    with open(stages_csv, newline="") as f:
-        return [[code(r["layer"]), md(r["output_shape"]), f"{int(r['parameters']):,}", md(r["details"])]
-                for r in csv.DictReader(f)]
-
-
-def _figure_or_note(figure: FigureCopier, path: Path, model: ModelArtifacts, label: str, caption: str) -> str:
-    if path.is_file():
-        return figure(path, model, label, caption)
-    return f"*No {md(path.name)} was drawn for this model.*\n"
-
-
-def model_section(m: ModelArtifacts, figure: FigureCopier) -> str:
-    """One model's section: setup, curves, architecture, filters, feature maps, Grad-CAM, failures, metrics."""
-    f, s = m.figures, m.slug
     val, test = m.metrics["splits"]["val"], m.metrics["splits"]["test"]
-    out = [f"## {m.label}", ""]
-    out += ["### Data, preprocessing and training", "",
-            f"@tbl-{s}-setup lists how {m.label} was trained; @fig-{s}-curves shows its loss and top-1 accuracy per "
-            f"epoch. Training took {duration(m.train_seconds)} for {len(m.checkpoint['history'])} epochs.", "",
-            table(["setting", "value"], _setting_rows(m.config), f"Training setup of {m.label}", f"{s}-setup"),
-            figure(f / "training/training_curves.png", m, "curves", f"Loss and top-1 accuracy of {m.label} per epoch, train vs validation"),
-            ]
-    out += ["### Architecture", "",
-            f"@tbl-{s}-stages gives the output shape and parameter count of each stage at a 3×{m.config['input_size']}×"
-            f"{m.config['input_size']} input ({m.parameters:,} parameters in all); the full module tree is in the appendix.", "",
-            table(["stage", "output C×H×W", "parameters", "details"], stage_rows(f / "architecture/stages.csv"),
-                  f"Stages of {m.label}", f"{s}-stages", "llrl")]
-    filters = sorted(p for p in (f / "filters").glob("filters_*.png") if p.name != "filters_first.png")
-    out += ["### Filters", "",
-            f"@fig-{s}-filters-first shows the first convolution's filters as RGB images"
-            + (", and " + ", ".join(f"@fig-{s}-filters-{i}" for i in range(len(filters)))
-               + " the channel means of deeper filters (red positive, blue negative)" if filters else "") + ".", "",
-            figure(f / "filters/filters_first.png", m, "filters-first", f"First-layer filters of {m.label}, one RGB image per output channel")]
-    for i, path in enumerate(filters):
-        layer = code(path.stem.removeprefix("filters_"))
-        out.append(figure(path, m, f"filters-{i}", f"Filters of {m.label} {layer}, averaged over input channels"))
-    maps = sorted((f / "feature_maps").glob("feature_maps_*.png"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    shown = maps[:FEATURE_MAP_FIGURES]
-    out += ["### Feature maps", "",
-            "The most active channels of each stage for test images: "
-            + ", ".join(f"@fig-{s}-features-{i}" for i in range(len(shown)))
-            + (f" ({len(maps) - len(shown)} more in {code(f'figures/{m.name}/feature_maps/')})" if len(maps) > len(shown) else "")
-            + ".", ""]
-    out += [figure(path, m, f"features-{i}", f"Feature maps of {m.label}, test image {i + 1}") for i, path in enumerate(shown)]
-    out += ["### Grad-CAM across layers and classes", "",
-            f"@fig-{s}-gradcam-layers shows Grad-CAM at each explained layer for test images spread over the classes; "
-            f"@fig-{s}-gradcam-classes compares the maps of the predicted, the true and the runner-up class.", "",
-            figure(f / "gradcam/gradcam_layers.png", m, "gradcam-layers", f"Grad-CAM of {m.label} per layer (predicted class)"),
-            figure(f / "gradcam/gradcam_classes.png", m, "gradcam-classes", f"Grad-CAM of {m.label} for the predicted, true and runner-up class")]
-    out += failure_section(m, figure)
-    out += ["### Metrics", "",
-            f"@tbl-{s}-metrics gives top-1 and top-5 accuracy; @fig-{s}-confusion the normalised confusion matrix of "
-            f"the test split and @fig-{s}-per-class the accuracy of each class.", "",
-            table(["split", "images", "top-1", "top-5"],
-                  [[split, f"{r['n']:,}", percent(r["top1"]), percent(r["top5"])] for split, r in (("validation", val), ("test", test))],
-                  f"Accuracy of {m.label}", f"{s}-metrics", "lrrr"),
-            figure(f / "training/confusion_matrix.png", m, "confusion", f"Confusion matrix of {m.label} on the test split, rows normalised"),
-            figure(f / "training/per_class_accuracy.png", m, "per-class", f"Test accuracy of {m.label} per class")]
-    out += explanation_section(m, figure)
-    return "\n".join(out)
+    metrics = [[split, f"{r['n']:,}", percent(r["top1"]), percent(r["top5"])]
+               for split, r in (("validation", val), ("test", test))]
+    return {"setup": setup, "epochs": len(m.checkpoint["history"]), "metrics": metrics}
 
 
-def failure_section(m: ModelArtifacts, figure: FigureCopier) -> list[str]:
-    f, s = m.figures / "failures", m.slug
-    summary: Failures = json.loads((f / "failures.json").read_text())
-    out = ["### Failure cases", ""]
-    if not summary["failures"]:
-        return out + ["No test image was misclassified.", ""]
-    layer = code(summary["layer"])
-    out += [f"@fig-{s}-failures shows the {len(summary['failures'])} most confident misclassifications of the test "
-            f"split with Grad-CAM at {layer} for the predicted and the true class; @tbl-{s}-failures lists them.", ""]
-    has_energy = summary["energy_in_mask"] is not None
-    rows = []
-    for r in summary["failures"]:
-        row = [r["index"], md(r["label_name"]), md(r["pred_name"]), percent(r["confidence"])]
-        if "texture" in r:
-            row.append(md(r["texture"]))
-        if has_energy:
-            row += [percent(r["energy_in_mask_pred"]), percent(r["energy_in_mask_true"])]
-        rows.append(row)
-    header = ["test image", "true class", "predicted", "confidence"] + (["background"] if "texture" in summary["failures"][0] else [])
+def architecture_data(m: ModelArtifacts) -> dict[str, Any]:
+    """The per-stage table and the module tree."""
+    with open(m.figures / "architecture/stages.csv", newline="") as f:
+        stages = [[code(r["layer"]), md(r["output_shape"]), f"{int(r['parameters']):,}", md(r["details"])]
+                  for r in csv.DictReader(f)]
+    return {"stages": stages, "tree": (m.figures / "architecture/architecture.txt").read_text().rstrip()}
+
+
+def filters_data(m: ModelArtifacts) -> list[dict[str, Any]]:
+    """The deeper filter grids (the first layer's has its own figure), with their layer names."""
+    paths_ = sorted(p for p in (m.figures / "filters").glob("filters_*.png") if p.name != "filters_first.png")
+    return [{"path": p.relative_to(m.figures), "layer": code(p.stem.removeprefix("filters_"))} for p in paths_]
+
+
+def feature_maps_data(m: ModelArtifacts) -> dict[str, Any]:
+    """The feature-map figures shown in the body, each with the test-split index its title names."""
+    folder = m.figures / "feature_maps"
+    maps = sorted(folder.glob("feature_maps_*.png"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    with np.load(folder / "feature_maps.npz") as arrays:
+        indices = [int(i) for i in arrays["indices"]]
+    shown = [{"path": p.relative_to(m.figures), "image": indices[int(p.stem.rsplit("_", 1)[1])]} for p in maps[:FEATURE_MAP_FIGURES]]
+    return {"shown": shown, "more": len(maps) - len(shown), "folder": code(f"figures/{m.name}/feature_maps/")}
+
+
+def failures_data(m: ModelArtifacts) -> dict[str, Any]:
+    """The most confident misclassifications, their table and the CAM-in-object statistics."""
+    summary: Failures = json.loads((m.figures / "failures/failures.json").read_text())
+    failures = summary["failures"]
+    has_energy, has_texture = summary["energy_in_mask"] is not None, bool(failures) and "texture" in failures[0]
+    header = ["test image", "true class", "predicted", "confidence"] + (["background"] if has_texture else [])
     header += ["CAM in object (pred.)", "CAM in object (true)"] if has_energy else []
-    out += [table(header, rows, f"Most confident misclassifications of {m.label}", f"{s}-failures", "rllr" + "l" * (len(header) - 4)),
-            figure(f / "failures.png", m, "failures", f"Most confident failures of {m.label} with Grad-CAM for the predicted and the true class")]
-    if has_energy:
-        stats = summary["energy_in_mask"]
-        out += [f"Over the whole test split, the share of the Grad-CAM mass inside the object is {percent(stats['correct']['mean'])} "
-                f"for correctly classified images and {percent(stats['misclassified']['mean'])} for misclassified ones, "
-                f"while objects cover {percent(summary['mask_area']['correct'])} and {percent(summary['mask_area']['misclassified'])} "
-                f"of those images (@fig-{s}-energy). A share near the object's area means the map spreads over the background.", "",
-                figure(f / "failure_energy.png", m, "energy", f"Share of {m.label}'s Grad-CAM inside the object mask, correct vs misclassified")]
-    return out
+    rows = []
+    for r in failures:
+        row = [r["index"], md(r["label_name"]), md(r["pred_name"]), percent(r["confidence"])]
+        row += [md(r["texture"])] if has_texture else []
+        row += [percent(r["energy_in_mask_pred"]), percent(r["energy_in_mask_true"])] if has_energy else []
+        rows.append(row)
+    return {"summary": summary, "count": len(failures), "layer": code(summary["layer"]), "header": header,
+            "rows": rows, "align": "rllr" + "l" * (len(header) - 4), "has_energy": has_energy}
 
 
-def _score(value: float | None) -> str:
+def score(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def explanation_section(m: ModelArtifacts, figure: FigureCopier) -> list[str]:
+def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
     """Localisation, faithfulness and sanity check of each CAM method, beside their baselines."""
-    report, f, s = m.explanations, m.figures / "explanations", m.slug
+    report = m.explanations
     methods = list(report["methods"])
     names = [md(METHOD_NAMES.get(method, method)) for method in methods]
-    layer = code(report["layer"])
-    out = ["### Can the heatmaps be trusted?", ""]
-    localisation = report["methods"][methods[0]]["localisation"]
-    if localisation is None:
-        out += [f"Localisation is not measured: {md(report['methods'][methods[0]]['localisation_skipped'])}.", ""]
-    else:
+    first = report["methods"][methods[0]]
+    out: dict[str, Any] = {"report": report, "layer": code(report["layer"]), "localisation": None,
+                           "skipped": md(first.get("localisation_skipped") or "")}
+    if first["localisation"] is not None:
         deepest = report["layers"][-1]
-        baselines = localisation[deepest]["baselines"]
+        baselines = first["localisation"][deepest]["baselines"]
         rows = []
         for name, groups in [*zip(names, (report["methods"][k]["localisation"][deepest] for k in methods)),
                              ("*centre-peaked map*", baselines["centre"]), ("*random map*", baselines["random"])]:
-            rows.append([name] + [_score(groups[g][metric]) for metric in ("pointing_game", "energy")
+            rows.append([name] + [score(groups[g][metric]) for metric in ("pointing_game", "energy")
                                   for g in ("all", "correct", "misclassified")])
-        n = localisation[deepest]
-        out += [f"**Localisation.** On the {n['all']['n']:,} test images, @tbl-{s}-localisation gives the pointing game "
-                f"(is the map's maximum on the object, within {report['tolerance_px']:.1f} px?) and the energy-based pointing "
-                f"game (the share of the map's mass on the object) at {code(deepest)}, for correctly classified and "
-                "misclassified images, beside a map peaked at the image centre and a random map. A method that beats "
-                f"neither baseline does not localise the object. @fig-{s}-localisation shows every explained layer.", "",
-                table(["map", "pointing game", "(correct)", "(misclassified)", "energy", "(correct)", "(misclassified)"], rows,
-                      f"Localisation of {m.label}'s heatmaps at {code(deepest)} (higher is better)", f"{s}-localisation", "lrrrrrr"),
-                figure(f / "localisation.png", m, "localisation", f"Pointing game and energy in the object mask of {m.label}, per layer and method")]
+        out["localisation"] = {"rows": rows, "layer": code(deepest), "n": first["localisation"][deepest]["all"]["n"]}
     rows = []
     for name, method in zip(names, methods):
         faith, sanity = report["methods"][method]["faithfulness"], report["methods"][method]["sanity"]
         verdict = {True: "passes", False: "**fails**", None: "–"}[sanity["passes"]]
-        rows.append([name, _score(faith["deletion_auc"]), _score(faith["insertion_auc"]),
-                     _score(sanity["spearman"][-1]), _score(sanity["ssim"][-1]), verdict])
-    faith = report["methods"][methods[0]]["faithfulness"]
-    rows.append(["*random map*", _score(faith["random_deletion_auc"]), _score(faith["random_insertion_auc"]), "–", "–", "–"])
+        rows.append([name, score(faith["deletion_auc"]), score(faith["insertion_auc"]),
+                     score(sanity["spearman"][-1]), score(sanity["ssim"][-1]), verdict])
+    faith = first["faithfulness"]
+    rows.append(["*random map*", score(faith["random_deletion_auc"]), score(faith["random_insertion_auc"]), "–", "–", "–"])
     # A model that already recognises the blurred image leaves insertion nothing to tell apart.
     saturated = faith["random_insertion_auc"] is not None and faith["random_insertion_auc"] >= SATURATED_INSERTION
-    out += [f"**Faithfulness and sanity.** On {report['num_images']} test images spread over the classes, @tbl-{s}-faithfulness "
-            f"gives the deletion AUC (pixels removed most salient first; lower means the map found what the score "
-            f"depends on) and the insertion AUC (pixels restored into a blurred image; higher is better) of the "
-            f"maps at {layer}, beside a random map (@fig-{s}-deletion-insertion). The sanity check randomises the weights stage by "
-            f"stage from the head down: a method passes when its maps stop resembling the originals (mean Spearman "
-            f"correlation below {report['sanity_threshold']:g} once every stage is random; @fig-{s}-sanity, @fig-{s}-sanity-maps)."
-            + (f" Here even a random map reaches an insertion AUC of {_score(faith['random_insertion_auc'])}: the model "
-               "already recognises the blurred image, so insertion cannot tell the maps apart and deletion is the "
-               "informative curve." if saturated else ""), "",
-            table(["map", "deletion AUC", "insertion AUC", "Spearman, all random", "SSIM, all random", "sanity check"], rows,
-                  f"Faithfulness and sanity check of {m.label}'s heatmaps at {layer}", f"{s}-faithfulness", "lrrrrl"),
-            figure(f / "deletion_insertion.png", m, "deletion-insertion", f"Deletion and insertion curves of {m.label}'s heatmaps, mean over images"),
-            figure(f / "sanity_curves.png", m, "sanity", f"Similarity of {m.label}'s heatmaps to the originals as stages are randomised"),
-            figure(f / "sanity_maps.png", m, "sanity-maps", f"Heatmaps of {m.label} as its stages are randomised, head first")]
+    out.update(faithfulness=rows, random_insertion=score(faith["random_insertion_auc"]) if saturated else None)
     return out
 
+
+def model_data(m: ModelArtifacts) -> dict[str, Any]:
+    """Everything one model's section shows, per family."""
+    return {"m": m, "s": m.slug, "training": training_data(m), "architecture": architecture_data(m),
+            "filters": filters_data(m), "feature_maps": feature_maps_data(m), "failures": failures_data(m),
+            "explanations": explanations_data(m)}
 
 def git_state(source_dir: Path) -> str:
     """The commit of the workflow's source and whether its tree had uncommitted changes."""
@@ -416,27 +389,14 @@ def rule_times(benchmarks: Iterable[Path], root: Path) -> list[list[str]]:
     return rows
 
 
-def appendix(models: Sequence[ModelArtifacts], config: dict[str, Any], source_dir: Path, benchmarks: Sequence[Path],
-             benchmark_root: Path) -> str:
-    """Reproducibility appendix (config, code version, software, machine, checksums, rule times) and module trees."""
-    out = ["## Reproducibility", "",
-           f"Built by convscope from commit {git_state(source_dir)} with Python {platform.python_version()} on "
-           f"{md(machine())}. @tbl-packages lists the package versions, @tbl-checksums the SHA-256 of every "
-           "checkpoint and @tbl-rule-times the wall time of each workflow job.", "",
-           table(["package", "version"], [[md(p), md(_version(p))] for p in PACKAGES], "Package versions", "packages"),
-           table(["model", "checkpoint", "SHA-256"],
-                 [[m.label, code(paths.CHECKPOINT.format(model=m.name)), code(m.sha256)] for m in models],
-                 "Checkpoints and their SHA-256", "checksums"),
-           table(["rule", "job", "wall time", "peak memory"], rule_times(benchmarks, benchmark_root),
-                 "Wall time and peak memory of each workflow job (Snakemake benchmarks)", "rule-times", "llrr"),
-           "The resolved configuration (defaults filled in) that built this report:", "",
-           "```yaml", yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100).rstrip(), "```", ""]
-    out += ["## Module trees", ""]
-    for m in models:
-        tree = (m.figures / "architecture/architecture.txt").read_text().rstrip()
-        out += [f"### {m.label}", "", f"`print(model)` of {m.label}:", "", "```text", tree, "```", ""]
-    return "\n".join(out)
-
+def appendix_data(models: Sequence[ModelArtifacts], config: dict[str, Any], source_dir: Path,
+                  benchmarks: Sequence[Path], benchmark_root: Path) -> dict[str, Any]:
+    """Reproducibility: code version, software, machine, checksums, job times and the resolved config."""
+    return {"git": git_state(source_dir), "python": platform.python_version(), "machine": md(machine()),
+            "packages": [[md(p), md(_version(p))] for p in PACKAGES],
+            "checksums": [[m.label, code(paths.CHECKPOINT.format(model=m.name)), code(m.sha256)] for m in models],
+            "rule_times": rule_times(benchmarks, benchmark_root),
+            "config": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100).rstrip()}
 
 def variables(models: Sequence[ModelArtifacts], index: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
     """The numbers the hand-written prose quotes with ``{{< var … >}}``, as escaped Markdown strings."""
@@ -445,7 +405,7 @@ def variables(models: Sequence[ModelArtifacts], index: dict[str, Any], dataset: 
     name = dataset.get("name") or {"shapes": "the embedded shapes set", "cifar10": "CIFAR-10"}.get(index["kind"], Path(str(dataset.get("root"))).name)
     return {
         "dataset": {"name": md(name), "classes": len(index["classes"]), **{split: f"{n:,}" for split, n in counts.items()}},
-        "models": {"count": len(models), "names": ", ".join(m.label for m in models)},
+        "models": {"count": len(models), "counted": plural(len(models), "model"), "names": ", ".join(m.label for m in models)},
         "best": {"name": best.label, "test_top1": percent(best.metrics["splits"]["test"]["top1"]),
                  "test_top5": percent(best.metrics["splits"]["test"]["top5"]),
                  "val_top1": percent(best.metrics["splits"]["val"]["top1"])},
@@ -454,7 +414,7 @@ def variables(models: Sequence[ModelArtifacts], index: dict[str, Any], dataset: 
 
 def write_sources(model_names: Sequence[str], config: dict[str, Any], index_path: str | Path, out_dir: str | Path,
                   variables_path: str | Path, source_dir: str | Path, benchmarks: Sequence[str | Path] = (),
-                  workdir: str | Path = ".") -> None:
+                  workdir: str | Path = ".", templates_dir: str | Path | None = None) -> None:
     """Writes the report's generated Markdown, figure copies and variables from the build's artifacts.
 
     Args:
@@ -467,20 +427,28 @@ def write_sources(model_names: Sequence[str], config: dict[str, Any], index_path
         benchmarks: Snakemake benchmark files (``benchmarks/results/<rule>/…tsv``) for the rule-time table;
             missing ones are left out.
         workdir: The folder the artifacts' relative paths start from.
+        templates_dir: The Jinja2 templates of the generated files; by default ``templates/`` beside ``out_dir``.
     """
     workdir, out_dir = Path(workdir), Path(out_dir)
+    templates_dir = Path(templates_dir) if templates_dir else out_dir.parent / "templates"
     index = json.loads(Path(index_path).read_text())
     models = [load_model_artifacts(name, workdir) for name in model_names]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and swapped in at the end: a failure leaves no half-generated folder.
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".generated-"))
     try:
-        figure = FigureCopier(tmp, out_dir.name)
-        (tmp / "comparison.qmd").write_text(comparison_section(models))
-        (tmp / "dataset.qmd").write_text(dataset_section(index, config["dataset"]))
-        (tmp / "models.qmd").write_text("\n".join(model_section(m, figure) for m in models))
-        (tmp / "appendix.qmd").write_text(appendix(models, config, Path(source_dir), [Path(b) for b in benchmarks],
-                                                    workdir / paths.BENCHMARKS))
+        env = templates(templates_dir, FigureCopier(tmp, out_dir.name))
+        context = {"models": [model_data(m) for m in models], "comparison": comparison_rows(models),
+                   "data": dataset_data(index, config["dataset"]),
+                   "appendix": appendix_data(models, config, Path(source_dir), [Path(b) for b in benchmarks],
+                                             workdir / paths.BENCHMARKS)}
+        for name in GENERATED:
+            try:
+                (tmp / name).write_text(env.get_template(f"{name}.j2").render(context))
+            except jinja2.TemplateError as exc:  # an edited template: name it, and the line when Jinja knows it
+                line = f":{exc.lineno}" if getattr(exc, "lineno", None) else ""
+                raise ReportError(f"{templates_dir / (getattr(exc, 'name', None) or name + '.j2')}{line}: "
+                                  f"{' '.join(str(exc.message).split())}; fix the template") from exc
         values = yaml.safe_dump(variables(models, index, config["dataset"]), sort_keys=False, allow_unicode=True)
         Path(variables_path).write_text(values)
         if out_dir.exists():
