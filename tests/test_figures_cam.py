@@ -271,7 +271,7 @@ def test_dataset_without_masks(resnet_run, index_path, tmp_path, monkeypatch):
 
 def test_colour_bar_label_fits_a_one_row_figure(tmp_path):
     """One failure case: the colour bar is short, and its label must still lie inside the figure."""
-    from convscope.figures.gradcam import cam_colorbar, grid
+    from convscope.figures.drawing import cam_colorbar, grid
 
     fig, axes = grid(1, 3, "model: most confident test misclassifications\nGrad-CAM at layer4", title_lines=2)
     for ax in axes.ravel():

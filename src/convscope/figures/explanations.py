@@ -8,29 +8,18 @@ and, into ``out_dir``, ``localisation.png``, ``deletion_insertion.png``, ``sanit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from convscope.cam import METHOD_NAMES, METHODS
+from convscope.cam import METHOD_NAMES
 from convscope.config import ModelConfig
 from convscope.explain import SANITY_THRESHOLD, Curves, Sanity, undefined_maps
 from convscope.explanations import GROUPS, compute_explanations
-from convscope.figures.drawing import (
-    SMALL,
-    cam_colorbar,
-    check_heatmap_options,
-    clear_axes,
-    display_images,
-    draw_cam,
-    grid,
-    model_label,
-    save_arrays,
-    save_figure,
-)
+from convscope.figures import drawing
 from convscope.io import write_json_atomic
 
 BASELINE_STYLES = {"centre": ("black", "--"), "random": ("0.45", ":")}
@@ -39,7 +28,7 @@ MAX_STEP_COLUMNS = 8  # randomisation steps shown in sanity_maps.png (evenly spa
 
 def _note_figure(config: ModelConfig, text: str) -> Figure:
     fig = Figure(figsize=(6, 2), layout="constrained")
-    fig.text(0.5, 0.5, f"{model_label(config)}: {text}", ha="center", va="center", fontsize=11, wrap=True)
+    fig.text(0.5, 0.5, f"{drawing.model_label(config)}: {text}", ha="center", va="center", fontsize=11, wrap=True)
     return fig
 
 
@@ -69,15 +58,15 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
                 ax.text(0.5, 0.5, f"no {group} test images", transform=ax.transAxes, ha="center", va="center")
             left_out = f"\n{flagged} undefined maps left out (all methods and layers)" if flagged else ""
             ax.set_title(f"{group} predictions: {images} test images{left_out}", fontsize=9)
-            ax.set_xticks(x, layers, fontsize=SMALL)
-            ax.set_xlabel("layer", fontsize=SMALL)
+            ax.set_xticks(x, layers, fontsize=drawing.SMALL)
+            ax.set_xlabel("layer", fontsize=drawing.SMALL)
             ax.set_ylim(0, 1.05)
-            ax.tick_params(axis="y", labelsize=SMALL)
+            ax.tick_params(axis="y", labelsize=drawing.SMALL)
             if col == 0:
-                ax.set_ylabel(ylabel, fontsize=SMALL)
+                ax.set_ylabel(ylabel, fontsize=drawing.SMALL)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=SMALL)
-    fig.suptitle(f"{model_label(config)}: is the CAM on the object? Test split, pointing tolerance {report['tolerance_px']:.1f} px\n"
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=drawing.SMALL)
+    fig.suptitle(f"{drawing.model_label(config)}: is the CAM on the object? Test split, pointing tolerance {report['tolerance_px']:.1f} px\n"
                  "centre baseline: Gaussian at the image centre; random baseline: uniform noise", fontsize=10)
     return fig
 
@@ -98,12 +87,12 @@ def _curves_figure(config: ModelConfig, report: dict, curves: dict[str, Curves],
                 label=f"random map (AUC {aucs[f'random_{kind}_auc']})")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
-        ax.set_xlabel(f"share of pixels {action}, most salient first", fontsize=SMALL)
-        ax.set_ylabel("softmax probability of the explained class (mean)", fontsize=SMALL)
+        ax.set_xlabel(f"share of pixels {action}, most salient first", fontsize=drawing.SMALL)
+        ax.set_ylabel("softmax probability of the explained class (mean)", fontsize=drawing.SMALL)
         ax.set_title(f"{kind}: {better}", fontsize=9)
-        ax.tick_params(labelsize=SMALL)
-        ax.legend(fontsize=SMALL)
-    fig.suptitle(f"{model_label(config)}: do the {report['layer']} maps find what the score needs? "
+        ax.tick_params(labelsize=drawing.SMALL)
+        ax.legend(fontsize=drawing.SMALL)
+    fig.suptitle(f"{drawing.model_label(config)}: do the {report['layer']} maps find what the score needs? "
                  f"{report['num_images']} test images, {report['steps']} steps", fontsize=10)
     return fig
 
@@ -121,13 +110,13 @@ def _sanity_curves_figure(config: ModelConfig, report: dict, sanity: dict[str, S
         axes[1].plot(x, [1.0, *s.mean_ssim.tolist()], marker="o", markersize=3, color=f"C{k}", label=METHOD_NAMES[method])
     axes[0].axhline(SANITY_THRESHOLD, color="0.45", linestyle="--", linewidth=1, label=f"pass: below {SANITY_THRESHOLD} when all are random")
     for ax, what in zip(axes, ("Spearman rank correlation", "SSIM")):
-        ax.set_xticks(x, ticks, rotation=45, ha="right", fontsize=SMALL)
-        ax.set_xlabel("stages re-initialised (cumulative, head first)", fontsize=SMALL)
-        ax.set_ylabel(f"{what} with the trained model's map (mean)", fontsize=SMALL)
+        ax.set_xticks(x, ticks, rotation=45, ha="right", fontsize=drawing.SMALL)
+        ax.set_xlabel("stages re-initialised (cumulative, head first)", fontsize=drawing.SMALL)
+        ax.set_ylabel(f"{what} with the trained model's map (mean)", fontsize=drawing.SMALL)
         ax.set_ylim(top=1.05)
-        ax.tick_params(axis="y", labelsize=SMALL)
-        ax.legend(fontsize=SMALL)
-    fig.suptitle(f"{model_label(config)}: do the {report['layer']} maps change as the weights are destroyed? "
+        ax.tick_params(axis="y", labelsize=drawing.SMALL)
+        ax.legend(fontsize=drawing.SMALL)
+    fig.suptitle(f"{drawing.model_label(config)}: do the {report['layer']} maps change as the weights are destroyed? "
                  f"{report['num_images']} test images", fontsize=10)
     return fig
 
@@ -136,24 +125,24 @@ def _sanity_maps_figure(config: ModelConfig, report: dict, images: np.ndarray, n
                         picked: list[int], cmap: str, alpha: float) -> Figure:
     methods = list(sanity)
     steps = next(iter(sanity.values())).steps
-    fig, axes = grid(len(images) * len(methods), 2 + len(picked), f"{model_label(config)}: {report['layer']} maps as the stages are re-initialised, head first",
+    fig, axes = drawing.grid(len(images) * len(methods), 2 + len(picked), f"{drawing.model_label(config)}: {report['layer']} maps as the stages are re-initialised, head first",
                      label_inches=1.2, title_lines=2)
     for e, image in enumerate(images):
         for k, (method, s) in enumerate(sanity.items()):
             row = e * len(methods) + k
             axes[row, 0].imshow(image)
-            clear_axes(axes[row, 0])
-            axes[row, 0].set_ylabel(f"{names[e]}\n{METHOD_NAMES[method]}", rotation=0, ha="right", va="center", fontsize=SMALL)
-            draw_cam(axes[row, 1], image, s.original[e].numpy(), bool(s.undefined[e]), cmap, alpha)
+            drawing.clear_axes(axes[row, 0])
+            axes[row, 0].set_ylabel(f"{names[e]}\n{METHOD_NAMES[method]}", rotation=0, ha="right", va="center", fontsize=drawing.SMALL)
+            drawing.draw_cam(axes[row, 1], image, s.original[e].numpy(), bool(s.undefined[e]), cmap, alpha)
             for col, step in enumerate(picked, start=2):
                 randomised = s.maps[step, e]
-                draw_cam(axes[row, col], image, randomised.numpy(), bool(undefined_maps(randomised[None])[0]), cmap, alpha)
+                drawing.draw_cam(axes[row, col], image, randomised.numpy(), bool(undefined_maps(randomised[None])[0]), cmap, alpha)
                 rho, similarity = s.spearman[step, e].item(), s.ssim[step, e].item()
                 header = f"+{steps[step]} ({step + 1}/{len(steps)})\n" if row == 0 else ""
-                axes[row, col].set_title(f"{header}ρ={rho:.2f} SSIM={similarity:.2f}", fontsize=SMALL)
-    axes[0, 0].set_title("input", fontsize=SMALL)
-    axes[0, 1].set_title("trained", fontsize=SMALL)
-    cam_colorbar(fig, axes[:, 1:], cmap)
+                axes[row, col].set_title(f"{header}ρ={rho:.2f} SSIM={similarity:.2f}", fontsize=drawing.SMALL)
+    axes[0, 0].set_title("input", fontsize=drawing.SMALL)
+    axes[0, 1].set_title("trained", fontsize=drawing.SMALL)
+    drawing.cam_colorbar(fig, axes[:, 1:], cmap)
     return fig
 
 
@@ -163,27 +152,19 @@ def render_explanations(
     out_dir: str | Path,
     json_path: str | Path,
     *,
-    methods: Sequence[str] = METHODS,
-    layers: Sequence[str] | None = None,
-    num_images: int = 30,
-    steps: int = 16,
-    seed: int = 0,
-    batch_size: int = 64,
     cmap: str = "jet",
     alpha: float = 0.45,
+    **settings: Any,
 ) -> list[Path]:
-    """Measures one model's explanation quality (:func:`~convscope.explanations.compute_explanations`, whose
-    arguments these are) and draws it; ``cmap`` and ``alpha`` style the heatmaps.
+    """Measures one model's explanation quality with ``settings`` (the keyword arguments of
+    :func:`~convscope.explanations.compute_explanations`) and draws it; ``cmap`` and ``alpha`` style the heatmaps.
 
     Returns:
         Paths of the JSON, ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png``,
         ``sanity_maps.png`` and ``explanations.npz``.
     """
-    check_heatmap_options("gradcam", cmap, alpha)
-    found = compute_explanations(
-        checkpoint_path, index_path, methods=methods, layers=layers, num_images=num_images, steps=steps, seed=seed,
-        batch_size=batch_size,
-    )
+    drawing.check_heatmap_options("gradcam", cmap, alpha)
+    found = compute_explanations(checkpoint_path, index_path, **settings)
     config, report, sanity, out_dir = found.config, found.report, found.sanity, Path(out_dir)
     methods = list(report["methods"])
     skipped = report["methods"][methods[0]]["localisation_skipped"]
@@ -192,15 +173,15 @@ def render_explanations(
         localisation = _localisation_figure(config, report, methods)
     else:
         localisation = _note_figure(config, f"localisation skipped: {skipped}")
-    paths.append(save_figure(localisation, out_dir / "localisation.png"))
+    paths.append(drawing.save_figure(localisation, out_dir / "localisation.png"))
     undefined = {m: s.undefined for m, s in sanity.items()}
     curves = _curves_figure(config, report, found.curves, undefined, found.baseline)
-    paths.append(save_figure(curves, out_dir / "deletion_insertion.png"))
-    paths.append(save_figure(_sanity_curves_figure(config, report, sanity), out_dir / "sanity_curves.png"))
+    paths.append(drawing.save_figure(curves, out_dir / "deletion_insertion.png"))
+    paths.append(drawing.save_figure(_sanity_curves_figure(config, report, sanity), out_dir / "sanity_curves.png"))
     count = len(sanity[methods[0]].steps)
     picked = np.unique(np.linspace(0, count - 1, min(count, MAX_STEP_COLUMNS)).round().astype(int)).tolist()
-    images = display_images(found.inputs, config)
+    images = drawing.display_images(found.inputs, config)
     maps = _sanity_maps_figure(config, report, images, found.names, sanity, picked, cmap, alpha)
-    paths.append(save_figure(maps, out_dir / "sanity_maps.png"))
-    paths.append(save_arrays(out_dir / "explanations.npz", **found.arrays))
+    paths.append(drawing.save_figure(maps, out_dir / "sanity_maps.png"))
+    paths.append(drawing.save_arrays(out_dir / "explanations.npz", **found.arrays))
     return paths

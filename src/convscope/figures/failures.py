@@ -32,20 +32,7 @@ from convscope.data import read_index, shapes
 from convscope.errors import ArtifactError, ConfigError
 from convscope.evaluation import open_model_and_split, read_test_predictions
 from convscope.explain import energy_in_mask, summary, test_energies
-from convscope.figures.drawing import (
-    SMALL,
-    cam_colorbar,
-    check_heatmap_options,
-    clear_axes,
-    display_images,
-    draw_cam,
-    grid,
-    model_label,
-    prob,
-    save_arrays,
-    save_figure,
-    save_text,
-)
+from convscope.figures import drawing
 from convscope.models import default_cam_layers, find_layers
 from convscope.transforms import eval_mask
 
@@ -75,22 +62,22 @@ def _as_float(value: float | None) -> float | None:
 def _failures_figure(config: ModelConfig, rows: pd.DataFrame, images: np.ndarray, arrays: dict[str, np.ndarray], probabilities: torch.Tensor,
                      energies: dict[str, np.ndarray], textures: list[str] | None, classes: list[str], layer: str,
                      method: str, cmap: str, alpha: float) -> Figure:
-    fig, axes = grid(len(rows), 3, f"{model_label(config)}: most confident test misclassifications\n{METHOD_NAMES[method]} at {layer}", title_lines=2)
+    fig, axes = drawing.grid(len(rows), 3, f"{drawing.model_label(config)}: most confident test misclassifications\n{METHOD_NAMES[method]} at {layer}", title_lines=2)
     for row, record in enumerate(rows.to_dict("records")):
         mask = arrays["masks"][row] if "masks" in arrays else None
         axes[row, 0].imshow(images[row])
-        clear_axes(axes[row, 0])
+        drawing.clear_axes(axes[row, 0])
         _contour(axes[row, 0], mask)
         on = f" on {textures[record['index']]}" if textures else ""
-        axes[row, 0].set_title(f"test image {record['index']}{on}", fontsize=SMALL)
+        axes[row, 0].set_title(f"test image {record['index']}{on}", fontsize=drawing.SMALL)
         for col, kind in enumerate(("pred", "true"), start=1):
             target = int(record["pred" if kind == "pred" else "label"])
-            draw_cam(axes[row, col], images[row], arrays[f"cam_{kind}"][row], bool(arrays[f"flags_{kind}"][row]), cmap, alpha)
+            drawing.draw_cam(axes[row, col], images[row], arrays[f"cam_{kind}"][row], bool(arrays[f"flags_{kind}"][row]), cmap, alpha)
             _contour(axes[row, col], mask)
             share = energies[kind][row] if energies else math.nan
             inside = f", {share:.0%} in mask" if math.isfinite(share) else ""
-            axes[row, col].set_title(f"{kind}: {classes[target]}\n{prob(probabilities[row, target])}{inside}", fontsize=SMALL)
-    cam_colorbar(fig, axes[:, 1:], cmap)
+            axes[row, col].set_title(f"{kind}: {classes[target]}\n{drawing.prob(probabilities[row, target])}{inside}", fontsize=drawing.SMALL)
+    drawing.cam_colorbar(fig, axes[:, 1:], cmap)
     return fig
 
 
@@ -112,11 +99,11 @@ def _energy_figure(config: ModelConfig, energies: np.ndarray, correct: np.ndarra
         ax.text(0.5, 0.5, "no non-constant maps to measure", transform=ax.transAxes, ha="center", va="center")
     else:
         ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # headroom, so the legend does not cover the bars
-        ax.legend(loc="upper right", fontsize=SMALL, title="dashed: group mean; mask covers: its mean share of the image", title_fontsize=SMALL)
+        ax.legend(loc="upper right", fontsize=drawing.SMALL, title="dashed: group mean; mask covers: its mean share of the image", title_fontsize=drawing.SMALL)
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of Grad-CAM energy inside the object mask")
     ax.set_ylabel("density")
-    ax.set_title(f"{model_label(config)}: where the predicted class's {METHOD_NAMES[method]} lies ({layer})", fontsize=10)
+    ax.set_title(f"{drawing.model_label(config)}: where the predicted class's {METHOD_NAMES[method]} lies ({layer})", fontsize=10)
     return fig
 
 
@@ -153,7 +140,7 @@ def render_failures(
     """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
-    check_heatmap_options(method, cmap, alpha)
+    drawing.check_heatmap_options(method, cmap, alpha)
     index_path, out_dir = Path(index_path), Path(out_dir)
     config, model, source = open_model_and_split(checkpoint_path, index_path, "test")
     layer = layer if layer is not None else default_cam_layers(model, config.arch)[-1]
@@ -186,10 +173,10 @@ def render_failures(
         stale = (probabilities[torch.arange(len(indices)), rows["pred"].tolist()] - torch.tensor(rows["confidence"].tolist())).abs()
         if stale.max() > CONFIDENCE_TOLERANCE:
             raise ArtifactError(f"predictions file {str(predictions_path)!r} does not match checkpoint {str(checkpoint_path)!r} (test #{indices[int(stale.argmax())]} differs); rerun evaluate")
-        fig = _failures_figure(config, rows, display_images(inputs, config), arrays, probabilities, energies, textures, source.classes, layer, method, cmap, alpha)
+        fig = _failures_figure(config, rows, drawing.display_images(inputs, config), arrays, probabilities, energies, textures, source.classes, layer, method, cmap, alpha)
     else:
         fig = Figure(figsize=(5, 2), layout="constrained")
-        fig.text(0.5, 0.5, f"{model_label(config)}: no misclassified test images", ha="center", va="center", fontsize=11)
+        fig.text(0.5, 0.5, f"{drawing.model_label(config)}: no misclassified test images", ha="center", va="center", fontsize=11)
 
     records: list[Failure] = []
     for row, record in enumerate(rows.to_dict("records")):
@@ -201,7 +188,7 @@ def render_failures(
         entry["energy_in_mask_pred"] = _as_float(energies["pred"][row]) if energies else None
         entry["energy_in_mask_true"] = _as_float(energies["true"][row]) if energies else None
         records.append(entry)
-    paths = [save_figure(fig, out_dir / "failures.png")]
+    paths = [drawing.save_figure(fig, out_dir / "failures.png")]
 
     stats = mask_area = None
     if has_masks:
@@ -209,10 +196,10 @@ def render_failures(
         arrays |= {"test_energy_in_mask": values, "test_correct": correct, "test_mask_area": areas}
         stats = {"correct": summary(values[correct]), "misclassified": summary(values[~correct])}
         mask_area = {"correct": summary(areas[correct])["mean"], "misclassified": summary(areas[~correct])["mean"]}
-        energy_figure = save_figure(_energy_figure(config, values, correct, areas, stats, layer, method), out_dir / "failure_energy.png")
-    paths.append(save_arrays(out_dir / "failures.npz", **arrays))
+        energy_figure = drawing.save_figure(_energy_figure(config, values, correct, areas, stats, layer, method), out_dir / "failure_energy.png")
+    paths.append(drawing.save_arrays(out_dir / "failures.npz", **arrays))
     summary_json: Failures = {"k": k, "layer": layer, "failures": records, "energy_in_mask": stats, "mask_area": mask_area}
-    paths.append(save_text(out_dir / "failures.json", json.dumps(summary_json, indent=1) + "\n"))
+    paths.append(drawing.save_text(out_dir / "failures.json", json.dumps(summary_json, indent=1) + "\n"))
     return paths + ([energy_figure] if has_masks else [])
 
 

@@ -23,20 +23,7 @@ from convscope.config import ModelConfig
 from convscope.data import sample_indices
 from convscope.errors import ConfigError, DatasetError
 from convscope.evaluation import open_model_and_split, read_test_predictions
-from convscope.figures.drawing import (
-    SMALL,
-    cam_colorbar,
-    check_heatmap_options,
-    clear_axes,
-    display_images,
-    draw_cam,
-    grid,
-    model_label,
-    plural,
-    prob,
-    save_arrays,
-    save_figure,
-)
+from convscope.figures import drawing
 from convscope.models import default_cam_layers, find_layers
 
 
@@ -44,21 +31,21 @@ def _layers_figure(config: ModelConfig, images: np.ndarray, result: CamResult, l
     layers = list(result.maps)
     probabilities = result.logits.softmax(1)
     blank = result.flag_count()
-    title = f"{model_label(config)}: {METHOD_NAMES[method]} for the predicted class, per layer" + (f" ({plural(blank, 'blank map')})" if blank else "")
-    fig, axes = grid(len(images), 1 + len(layers), title, label_inches=1.2)
+    title = f"{drawing.model_label(config)}: {METHOD_NAMES[method]} for the predicted class, per layer" + (f" ({drawing.plural(blank, 'blank map')})" if blank else "")
+    fig, axes = drawing.grid(len(images), 1 + len(layers), title, label_inches=1.2)
     for row, (image, label, target) in enumerate(zip(images, labels, result.targets.tolist())):
         axes[row, 0].imshow(image)
-        clear_axes(axes[row, 0])
+        drawing.clear_axes(axes[row, 0])
         colour = "black" if label == target else "firebrick"
-        axes[row, 0].set_ylabel(f"{names[row]}\ntrue: {classes[label]}\npred: {classes[target]} ({prob(probabilities[row, target])})",
-                                rotation=0, ha="right", va="center", fontsize=SMALL, color=colour)
+        axes[row, 0].set_ylabel(f"{names[row]}\ntrue: {classes[label]}\npred: {classes[target]} ({drawing.prob(probabilities[row, target])})",
+                                rotation=0, ha="right", va="center", fontsize=drawing.SMALL, color=colour)
         for col, layer in enumerate(layers, start=1):
-            draw_cam(axes[row, col], image, result.maps[layer][row].numpy(), bool(result.flags[layer][row]), cmap, alpha)
+            drawing.draw_cam(axes[row, col], image, result.maps[layer][row].numpy(), bool(result.flags[layer][row]), cmap, alpha)
     axes[0, 0].set_title("input", fontsize=9)
     for col, layer in enumerate(layers, start=1):
         count = result.flag_count(layer)
-        axes[0, col].set_title(layer + (f"\n{plural(count, 'blank map')}" if count else ""), fontsize=9)
-    cam_colorbar(fig, axes[:, 1:], cmap)
+        axes[0, col].set_title(layer + (f"\n{drawing.plural(count, 'blank map')}" if count else ""), fontsize=9)
+    drawing.cam_colorbar(fig, axes[:, 1:], cmap)
     return fig
 
 
@@ -100,7 +87,7 @@ def render_gradcam(
     """
     if num_images < 1:
         raise ConfigError(f"num_images must be >= 1, got {num_images}")
-    check_heatmap_options(method, cmap, alpha)
+    drawing.check_heatmap_options(method, cmap, alpha)
     config, model, source = open_model_and_split(checkpoint_path, index_path, split)
     layers = list(layers) if layers is not None else default_cam_layers(model, config.arch)
     layers = find_layers(model, layers)  # an unknown layer fails here, before any work
@@ -120,16 +107,16 @@ def render_gradcam(
     inputs = torch.stack([source[i][0] for i in indices]).float()
     labels = [source.labels[i] for i in indices]
     result = grad_cam(model, inputs, layers, method=method)
-    images = display_images(inputs, config)
+    images = drawing.display_images(inputs, config)
     arrays = {"inputs": inputs.numpy(), "targets": result.targets.numpy().astype(np.int64),
               "labels": np.asarray(labels, np.int64), "layers": np.asarray(list(result.maps), dtype=str)}
     for layer in result.maps:
         arrays[f"cam_{layer}"] = result.maps[layer].numpy().astype(np.float32)
         arrays[f"flags_{layer}"] = result.flags[layer].numpy().astype(bool)
-    paths = [save_arrays(out_dir / "gradcam.npz", **arrays)]
+    paths = [drawing.save_arrays(out_dir / "gradcam.npz", **arrays)]
     names = [f"{split} image {i}" for i in indices]  # the index the report and predictions.csv use
     fig = _layers_figure(config, images, result, labels, source.classes, names, method, cmap, alpha)
-    paths.append(save_figure(fig, out_dir / "gradcam_layers.png"))
+    paths.append(drawing.save_figure(fig, out_dir / "gradcam_layers.png"))
     paths += _render_classes(config, model, inputs, images, labels, source.classes, indices, names, layers[-1], result.logits, out_dir, method, cmap, alpha)
     return paths
 
@@ -150,17 +137,17 @@ def _render_classes(config: ModelConfig, model: nn.Module, inputs: torch.Tensor,
         arrays |= {f"targets_{kind}": targets.numpy(), f"cam_{kind}": maps[kind].astype(np.float32), f"flags_{kind}": flags[kind].astype(bool)}
 
     kinds = {"pred": "pred", "true": "true", "runner_up": "runner-up"}
-    fig, axes = grid(len(images), 1 + len(target_sets), f"{model_label(config)}: {METHOD_NAMES[method]} at {layer} for the predicted, true and runner-up class", title_lines=2)
+    fig, axes = drawing.grid(len(images), 1 + len(target_sets), f"{drawing.model_label(config)}: {METHOD_NAMES[method]} at {layer} for the predicted, true and runner-up class", title_lines=2)
     for row, image in enumerate(images):
         axes[row, 0].imshow(image)
-        clear_axes(axes[row, 0])
-        axes[row, 0].set_title(names[row], fontsize=SMALL)
+        drawing.clear_axes(axes[row, 0])
+        axes[row, 0].set_title(names[row], fontsize=drawing.SMALL)
         for col, (kind, targets) in enumerate(target_sets.items(), start=1):
             target = int(targets[row])
-            draw_cam(axes[row, col], image, maps[kind][row], bool(flags[kind][row]), cmap, alpha)
-            axes[row, col].set_title(f"{kinds[kind]}: {classes[target]}\n{prob(probabilities[row, target])}", fontsize=SMALL)
-    cam_colorbar(fig, axes[:, 1:], cmap)
-    return [save_arrays(out_dir / "gradcam_classes.npz", **arrays), save_figure(fig, out_dir / "gradcam_classes.png")]
+            drawing.draw_cam(axes[row, col], image, maps[kind][row], bool(flags[kind][row]), cmap, alpha)
+            axes[row, col].set_title(f"{kinds[kind]}: {classes[target]}\n{drawing.prob(probabilities[row, target])}", fontsize=drawing.SMALL)
+    drawing.cam_colorbar(fig, axes[:, 1:], cmap)
+    return [drawing.save_arrays(out_dir / "gradcam_classes.npz", **arrays), drawing.save_figure(fig, out_dir / "gradcam_classes.png")]
 
 
 def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
