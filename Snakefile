@@ -22,6 +22,14 @@ include: "rules/explain.smk"
 include: "rules/report.smk"
 
 
+# On a cluster these run on the submit host: they are short, read every model's artifacts, and one SLURM job
+# each would spend longer queued and polled than running.
+localrules:
+    all,
+    report_sources,
+    render_report,
+
+
 rule all:
     input:
         all_outputs(),
