@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 
 from convscope.config import ModelConfig
-from convscope.data import open_split, write_json_atomic
+from convscope.data import open_split
+from convscope.io import write_json_atomic
 from convscope.errors import ArtifactError
 from convscope.models import model_from_checkpoint
 from convscope.training import evaluate_loader, load_checkpoint, pick_device, topk_correct

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
 from convscope.config import DatasetConfig, ModelConfig, RuntimeConfig
-from convscope.data import prepare_dataset, write_json_atomic
+from convscope.data import prepare_dataset
+from convscope.io import write_json_atomic
 from convscope.errors import ReportError, UserError
 from convscope.evaluation import evaluate_model
 from convscope.training import train_model

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +20,7 @@ from PIL import Image
 
 from convscope.config import DatasetConfig
 from convscope.errors import DatasetError
+from convscope.io import write_json_atomic
 
 SPLITS = ("train", "val", "test")
 INDEX_FILE = "index.json"
@@ -45,14 +44,6 @@ class DatasetIndex:
 
     def counts(self) -> dict[str, int]:
         return {split: len(self.labels[split]) for split in SPLITS}
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Writes JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(payload, tmp, indent=1)
-    os.replace(tmp.name, path)
 
 
 def read_index(index_path: str | Path) -> DatasetIndex:

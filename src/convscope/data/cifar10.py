@@ -21,8 +21,8 @@ TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 SIDE = 32
 ROW_SIZE = 3 * SIDE * SIDE
-HOW_TO_GET = (f"download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
-              f"https://www.cs.toronto.edu/~kriz/cifar.html and extract it under dataset.root")
+HOW_TO_GET = ("download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
+              "https://www.cs.toronto.edu/~kriz/cifar.html and extract it under dataset.root")
 
 # One dataset in memory per process: train, val and test are opened one after another from
 # the same batches. Keyed by folder, checked against the files' size and mtime.

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from tqdm import tqdm
 
 from convscope.config import DatasetConfig, ShapesConfig
 from convscope.data import ArraySource, DatasetError, DatasetIndex, stratified_split
+from convscope.io import write_atomic
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "hexagon", "ring", "diamond", "crescent", "arrow")
 TEXTURES = ("stripes", "checker", "dots", "noise", "waves")
@@ -177,9 +176,7 @@ def generate(config: ShapesConfig) -> dict[str, np.ndarray]:
 def prepare(config: DatasetConfig, out_dir: Path) -> DatasetIndex:
     """Generates the dataset into ``out_dir/shapes.npz`` and returns its index (val carved from train)."""
     arrays = generate(config.shapes)
-    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".npz.tmp", delete=False) as tmp:
-        np.savez_compressed(tmp, **arrays)
-    os.replace(tmp.name, out_dir / ARRAY_FILE)
+    write_atomic(out_dir / ARRAY_FILE, lambda f: np.savez_compressed(f, **arrays))
     train_rows = np.flatnonzero(~arrays["is_test"])
     train_labels = arrays["labels"][train_rows].tolist()
     kept, held = stratified_split(train_labels, config.val_fraction, config.split_seed)

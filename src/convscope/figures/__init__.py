@@ -8,8 +8,6 @@ This package holds what the families share: atomic writers, model loading, layer
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
@@ -25,6 +23,7 @@ import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from convscope.errors import LayerError
+from convscope.io import write_atomic
 from convscope.config import ModelConfig  # noqa: E402
 from convscope.models import model_from_checkpoint  # noqa: E402
 from convscope.training import load_checkpoint  # noqa: E402
@@ -34,19 +33,7 @@ SMALL = 8  # pt: the smallest font any figure uses (panel titles, annotations, d
 
 
 def _write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    # Through a temporary file and a rename: a crash or a reader never sees half a file.
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            write(tmp)
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    os.chmod(tmp.name, 0o644)  # temporary files are private (0600); figures and tables are for sharing
-    os.replace(tmp.name, path)
-    return path
+    return write_atomic(path, write)
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:

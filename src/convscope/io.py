@@ -1,0 +1,49 @@
+"""The one atomic writer: every artifact goes through a temporary file and a rename.
+
+A crash, a full disk or a reader never sees half a file, and a failed write leaves no
+temporary file behind (a half-written ``tmp*.tmp`` would keep a full disk full).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from convscope.errors import ArtifactError
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Calls ``write`` on a binary temporary file beside ``path``, then renames it to ``path``.
+
+    Raises:
+        ArtifactError: the OS refused the write (no space left, permission, ...); the message
+            names the path and the OS error. The temporary file is removed.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False)
+    except OSError as error:
+        raise ArtifactError(f"cannot write {str(path)!r}: {error.strerror or error}; free space or fix the folder's permissions, then rerun") from None
+    try:
+        with tmp:
+            write(tmp)
+            tmp.flush()  # a full disk often shows only here, when the buffer reaches the OS
+        os.chmod(tmp.name, 0o644)  # temporary files are private (0600); artifacts are for sharing
+        os.replace(tmp.name, path)
+    except BaseException as error:
+        Path(tmp.name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ArtifactError(f"cannot write {str(path)!r}: {error.strerror or error}; free space on that disk "
+                                f"(or fix its permissions), then rerun") from None
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Writes ``payload`` as indented JSON through ``write_atomic``."""
+    return write_atomic(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
