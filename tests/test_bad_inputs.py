@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torchvision
 
 from conftest import TINY, write_yaml
 from convscope.cli import main
+from convscope.errors import ConfigError
 
 
 def run_cli(tmp_path: Path, config: dict | None, *args: str, capsys) -> tuple[int, str]:
@@ -118,3 +120,14 @@ def test_invalid_yaml(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("models: [unclosed\n")
     status, err = run_cli(tmp_path, None, "check-config", capsys=capsys)
     assert status == 1 and "is not valid YAML" in err
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"dataset": {"name": ".."}}, "config dataset.name = \"..\": '..' does not match"),
+    ({"models": [{"name": "r", "arch": "resnet18"}], "figures": {"gradcam": {"layers": {"resnet81": ["layer4"]}}}},
+     "config figures.gradcam.layers names model 'resnet81', which is not configured; use one of: r"),
+])
+def test_unsafe_dataset_name_and_layer_lists_of_unknown_models_are_refused(raw, message):
+    from convscope.config import load_config
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(raw)

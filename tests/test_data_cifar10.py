@@ -108,3 +108,38 @@ def test_batches_changed_after_prepare_ask_for_prepare_again(cifar):
     cifar10._CACHE.clear()  # as in a later process; a same-size rewrite can keep the mtime within a clock tick
     with pytest.raises(DatasetError, match="changed since they were indexed; rerun the prepare_data step"):
         open_split(tmp_path / "data" / "index.json", "train")
+
+
+class _RunsCode:
+    """What an attacker pickles: unpickling it calls ``os.system``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_malicious_batch_runs_nothing_and_names_the_file_and_type(tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    marker = tmp_path / "pwned"
+    payload = {b"data": np.zeros((PER_BATCH, 3072), np.uint8), b"labels": _RunsCode(marker)}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(payload, protocol=protocol))
+    with pytest.raises(DatasetError, match=r"data_batch_1' tries to build (posix|os)\.system .*nothing was run"):
+        prepare_dataset(config(tmp_path), tmp_path / "data")
+    assert not marker.exists()
+
+
+def test_batches_pickled_with_every_protocol_still_read(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    for protocol in (2, 5):
+        images = fabricate_images(PER_BATCH, 0)
+        write_batch(folder / "data_batch_1", images, list(range(10)) * 2)
+        batch = pickle.loads((folder / "data_batch_1").read_bytes())
+        (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
+        cifar10._CACHE.clear()
+        assert np.array_equal(cifar10.load(folder)["images"][:PER_BATCH], images)

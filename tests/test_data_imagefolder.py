@@ -154,3 +154,16 @@ def test_image_broken_after_prepare_asks_for_prepare_again(folder, tmp_path):
     (root / ref).write_bytes(b"no longer an image")
     with pytest.raises(DatasetError, match=re.escape(f"image '{root / ref}' cannot be read any more") + ".*rerun the prepare_data step"):
         open_split(tmp_path / "data" / "index.json", "test").load(0)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from convscope.data.imagefolder import FileSource
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display", as a phone held upright writes it
+    (tmp_path / "a").mkdir()
+    stored.save(tmp_path / "a" / "phone.jpg", exif=exif.tobytes(), quality=95)
+    image = FileSource(tmp_path, ["a/phone.jpg"], ["a"], [0]).load(0)
+    assert image.size == (20, 40)
+    assert image.getpixel((10, 5))[0] > 200 and image.getpixel((10, 35))[2] > 200  # red on top after rotation

@@ -81,3 +81,16 @@ def test_imagenet_weights_come_from_the_local_cache(monkeypatch, tmp_path):
     torch.save(source.state_dict(), path)
     model = build_model(tiny_config(weights="imagenet"), num_classes=10)
     assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+
+
+def test_model_kwargs_rebuild_pretrained_inception_with_plain_torchvision(tmp_path):
+    from convscope.models import model_kwargs
+    source = torchvision.models.get_model("inception_v3", weights=None, num_classes=1000, aux_logits=True, init_weights=False)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    config = tiny_config(arch="inception_v3", input_size=299, weights=str(tmp_path / "w.pth"))
+    ours = build_model(config, num_classes=3).eval()
+    rebuilt = torchvision.models.get_model("inception_v3", num_classes=3, **model_kwargs(config)).eval()
+    rebuilt.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 3, 299, 299)
+    with torch.no_grad():
+        assert torch.equal(ours(x), rebuilt(x))

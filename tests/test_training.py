@@ -17,12 +17,12 @@ def test_training_is_deterministic_and_writes_the_contract(tiny_index, tmp_path)
     second = train_model(config, tiny_index, tmp_path / "b/checkpoint.pt", threads=2)
     assert states_equal(first["state_dict"], second["state_dict"])
     saved = load_checkpoint(tmp_path / "a/checkpoint.pt")
-    assert {"state_dict", "arch", "num_classes", "classes", "input_size", "mean", "std", "epoch", "config", "history"} <= saved.keys()
+    assert {"state_dict", "arch", "num_classes", "model_kwargs", "classes", "input_size", "mean", "std", "epoch", "config", "history"} <= saved.keys()
     assert saved["arch"] == "resnet18" and saved["num_classes"] == 10 and saved["epoch"] == 2 and len(saved["history"]) == 2
     assert {"train_loss", "val_top1", "val_top5", "lr", "seconds"} <= saved["history"][0].keys()
     assert not (tmp_path / "a/resume.pt").exists()
     m1 = evaluate_model(tmp_path / "a/checkpoint.pt", tiny_index, tmp_path / "m1.json", tmp_path / "p1.csv", tmp_path / "t1.json")
-    m2 = evaluate_model(tmp_path / "b/checkpoint.pt", tiny_index, tmp_path / "m2.json", tmp_path / "p2.csv", tmp_path / "t2.json")
+    evaluate_model(tmp_path / "b/checkpoint.pt", tiny_index, tmp_path / "m2.json", tmp_path / "p2.csv", tmp_path / "t2.json")
     assert (tmp_path / "m1.json").read_text() == (tmp_path / "m2.json").read_text()
     assert m1["splits"]["test"]["n"] == 40 and sum(map(sum, m1["splits"]["test"]["confusion_matrix"])) == 40
 
@@ -63,6 +63,20 @@ def test_resume_state_of_another_config_is_ignored(tiny_index, tmp_path):
     torch.save(stale, tmp_path / "resume.pt")
     checkpoint = train_model(tiny_config(epochs=1), tiny_index, tmp_path / "checkpoint.pt")
     assert len(checkpoint["history"]) == 1
+
+
+def test_unreadable_resume_file_warns_and_trains_from_scratch(tiny_index, tmp_path, capsys):
+    (tmp_path / "resume.pt").write_bytes(b"PK\x03\x04 half a zip")  # a save killed mid-write on another tool
+    checkpoint = train_model(tiny_config(epochs=1), tiny_index, tmp_path / "checkpoint.pt")
+    assert len(checkpoint["history"]) == 1 and not (tmp_path / "resume.pt").exists()
+    assert f"warning: resume file '{tmp_path / 'resume.pt'}' cannot be read" in capsys.readouterr().err
+
+
+def test_checkpoint_rebuilds_with_plain_torchvision(tiny_index, tmp_path):
+    import torchvision
+    saved = train_model(tiny_config(epochs=1), tiny_index, tmp_path / "checkpoint.pt")
+    model = torchvision.models.get_model(saved["arch"], num_classes=saved["num_classes"], **saved["model_kwargs"])
+    model.load_state_dict(saved["state_dict"])
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_index, tmp_path):

@@ -295,6 +295,11 @@ def load_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"config models: name {duplicates[0]!r} is used twice; give every model a unique name")
     for index, model in enumerate(models):
         _check_model(index, model)
+    for family, settings in resolved.get("figures", {}).items():
+        unknown = sorted(set((settings or {}).get("layers") or {}) - set(names)) if isinstance(settings, dict) else []
+        if unknown:
+            raise ConfigError(f"config figures.{family}.layers names model {unknown[0]!r}, which is not configured; "
+                              f"use one of: {', '.join(names)}")
     if dataset.kind != "shapes" and not dataset.root:
         raise ConfigError(f"config dataset.root is missing; dataset kind {dataset.kind!r} reads a local copy: set dataset.root to its folder")
     if dataset.root and not Path(dataset.root).is_dir():

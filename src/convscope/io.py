@@ -1,6 +1,7 @@
-"""Writing artifacts atomically: through a temporary file beside the target and a rename.
+"""The one atomic writer: every artifact goes through a temporary file and a rename.
 
-A crash, a full disk or a reader never sees half a file, and a failed write leaves no temporary behind.
+A crash, a full disk or a reader never sees half a file, and a failed write leaves no
+temporary file behind (a half-written ``tmp*.tmp`` would keep a full disk full).
 """
 
 from __future__ import annotations
@@ -12,32 +13,42 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from convscope.errors import ArtifactError
 
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Calls ``write`` on a binary temporary file, then renames it to ``path`` (folders created).
 
-    Returns:
-        ``path`` as a Path.
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Calls ``write`` on a binary temporary file beside ``path``, then renames it to ``path``.
+
+    Raises:
+        ArtifactError: the OS refused the write (no space left, permission, ...); the message
+            names the path and the OS error. The temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        try:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False)
+    except OSError as error:
+        raise ArtifactError(f"cannot write {str(path)!r}: {error.strerror or error}; free space or fix the folder's permissions, then rerun") from None
+    try:
+        with tmp:
             write(tmp)
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    os.chmod(tmp.name, 0o644)  # temporary files are private (0600); artifacts are for sharing
-    os.replace(tmp.name, path)
+            tmp.flush()  # a full disk often shows only here, when the buffer reaches the OS
+        os.chmod(tmp.name, 0o644)  # temporary files are private (0600); artifacts are for sharing
+        os.replace(tmp.name, path)
+    except BaseException as error:
+        Path(tmp.name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ArtifactError(f"cannot write {str(path)!r}: {error.strerror or error}; free space on that disk "
+                                f"(or fix its permissions), then rerun") from None
+        raise
     return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Writes UTF-8 text atomically."""
+    """Writes UTF-8 text through ``write_atomic``."""
     return write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Writes JSON (indent 1, trailing newline) atomically."""
+    """Writes ``payload`` as indented JSON (with a final newline) through ``write_atomic``."""
     return write_text_atomic(path, json.dumps(payload, indent=1) + "\n")

@@ -122,6 +122,11 @@ def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True
     return model
 
 
+def model_kwargs(config: ModelConfig) -> dict:
+    """The keyword arguments, beyond ``num_classes``, that ``torchvision.models.get_model`` needs to rebuild this model."""
+    return _builder_kwargs(config, config.weights is not None)
+
+
 def head_parameter_names(model: nn.Module, config: ModelConfig) -> set[str]:
     """Names of the parameters of the classification head(s)."""
     heads = head_keys(config.arch, **_builder_kwargs(config, config.weights is not None))

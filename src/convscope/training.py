@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from convscope.contracts import Checkpoint
 from convscope.data import open_split
 from convscope.errors import TrainingError
 from convscope.io import write_atomic, write_json_atomic
-from convscope.models import build_model, head_parameter_names
+from convscope.models import build_model, head_parameter_names, model_kwargs
 from convscope.transforms import build_transform
 
 
@@ -34,7 +36,11 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def save_atomic(payload: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename: a crash never leaves half a checkpoint."""
-    write_atomic(path, lambda f: torch.save(payload, f))
+    # Serialised in memory first: torch's own file writer turns "no space left" into an opaque
+    # "unexpected pos" RuntimeError, a plain write keeps the OS error that names the cause.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -49,6 +55,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
         raise TrainingError(f"checkpoint {str(path)!r} is not a convscope checkpoint; delete it and rerun training")
     return checkpoint
+
+
+def _read_resume(path: Path) -> dict | None:
+    """The training state in ``path``, or None (with a one-line warning) when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict):
+            return state
+        problem = f"holds a {type(state).__name__}, not a training state"
+    except Exception as error:  # a truncated or foreign file raises several types; all mean "start over"
+        problem = f"cannot be read ({type(error).__name__})"
+    # A killed save or a damaged disk must not block every later run: the epochs are redone.
+    print(f"convscope: warning: resume file {str(path)!r} {problem}; training from scratch", file=sys.stderr)
+    return None
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -152,8 +174,8 @@ def train_model(
 
     history: list[dict] = []
     start_epoch = 0
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+    state = _read_resume(resume_path)
+    if state is not None:
         if state.get("config") == config_dict and state.get("classes") == classes:
             model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
@@ -214,6 +236,7 @@ def train_model(
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "arch": config.arch,
         "num_classes": len(classes),
+        "model_kwargs": model_kwargs(config),
         "classes": classes,
         "input_size": config.input_size,
         "mean": list(config.preprocessing.mean),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,12 +38,39 @@ def batch_folder(root: str | Path) -> Path:
     return root
 
 
+# The globals a CIFAR-10 pickle names: NumPy's array reconstruction and nothing else. The
+# builtin containers (dict, list, bytes, int, str) need no global, so a file that names any
+# other callable (os.system, builtins.eval, ...) is refused before it can run.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2: a text-to-bytes conversion, nothing more
+}
+
+
+class _ForbiddenGlobal(Exception):
+    """A pickle tried to build something outside ``_ALLOWED_GLOBALS``."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only builtin containers and NumPy arrays: reading runs no code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"CIFAR-10 file {str(path)!r} not found; {HOW_TO_GET}")
     try:
         with path.open("rb") as f:
-            payload = pickle.load(f, encoding="bytes")
+            payload = _SafeUnpickler(f, encoding="bytes").load()
+    except _ForbiddenGlobal as error:
+        raise DatasetError(f"CIFAR-10 file {str(path)!r} tries to build {error} (not allowed in a data file; "
+                           f"nothing was run); {HOW_TO_GET} again") from None
     except Exception as error:  # a damaged pickle fails in many ways; all mean the same to the user
         raise DatasetError(f"CIFAR-10 file {str(path)!r} is not a readable pickle ({type(error).__name__}); {HOW_TO_GET} again") from None
     if not isinstance(payload, dict):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from convscope.config import DatasetConfig
@@ -164,7 +164,8 @@ class FileSource(ImageSource):
         path = self.root / self.refs[i]
         try:
             with Image.open(path) as image:
-                return to_rgb(image)
+                # Phones store the camera's orientation as an EXIF tag; PIL does not apply it.
+                return to_rgb(ImageOps.exif_transpose(image))
         except Exception as error:  # whatever broke, the file is no longer what was indexed
             raise DatasetError(f"image {str(path)!r} cannot be read any more ({type(error).__name__}); restore it or rerun the prepare_data step") from None
 

@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from convscope.config import DatasetConfig, ShapesConfig
-from convscope.io import write_atomic
 from convscope.data import ArraySource, DatasetError, DatasetIndex, stratified_split
+from convscope.io import write_atomic
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "hexagon", "ring", "diamond", "crescent", "arrow")
 TEXTURES = ("stripes", "checker", "dots", "noise", "waves")
