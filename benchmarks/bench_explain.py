@@ -31,7 +31,9 @@ LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 RUNS = {"resnet18": (72, 32), "resnet50": (224, 4)}  # arch: (input side, batch)
 
 
-def timed_rounds(candidates: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+def timed_rounds(
+    candidates: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds of each candidate over ``repeats`` rounds after one warm-up round, and the median ratio to the
     "forward" candidate of the same round (interleaving keeps ratios meaningful on a shared CPU)."""
     seconds: dict[str, list[float]] = {name: [] for name in candidates}
@@ -69,8 +71,12 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
     candidates = {
         "forward": forward,
         "maps": lambda: grad_cam(model, x, LAYERS),
-        "pointing": lambda: [explain.pointing_game(cams.maps[layer], masks, flags=cams.flags[layer]) for layer in LAYERS],
-        "energy": lambda: [explain.energy_pointing_game(cams.maps[layer], masks, flags=cams.flags[layer]) for layer in LAYERS],
+        "pointing": lambda: [
+            explain.pointing_game(cams.maps[layer], masks, flags=cams.flags[layer]) for layer in LAYERS
+        ],
+        "energy": lambda: [
+            explain.energy_pointing_game(cams.maps[layer], masks, flags=cams.flags[layer]) for layer in LAYERS
+        ],
         "deletion": lambda: curve(x, torch.zeros_like(x)),
         "insertion": lambda: curve(blurred, x),
         "sanity": lambda: explain.cascading_randomisation(model, x, LAYERS[-1], targets=targets),
@@ -90,7 +96,9 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2, as the workflow's figure jobs)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch intra-op threads (default 2, as the workflow's figure jobs)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up (median reported)")
     parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     parser.add_argument("--models", nargs="+", choices=list(RUNS), default=list(RUNS), help="which models to time")

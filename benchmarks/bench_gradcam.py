@@ -106,7 +106,10 @@ def bench(arch: str, batch: int, repeats: int) -> tuple[list[tuple], dict[str, f
         "pgc4": "pytorch-grad-cam, 4 layers (4 single-layer calls)",
         "captum1": "captum LayerGradCam, 1 layer",
     }
-    rows = [(f"{arch} (batch {batch})", labels[k], seconds[k], ratios[k], "—" if k == "forward" else diff(k)) for k in candidates]
+    rows = [
+        (f"{arch} (batch {batch})", labels[k], seconds[k], ratios[k], "—" if k == "forward" else diff(k))
+        for k in candidates
+    ]
     figures = {
         "ours1 ×fwd": ratios["ours1"],
         "ours4 ×fwd": ratios["ours4"],
@@ -119,7 +122,9 @@ def bench(arch: str, batch: int, repeats: int) -> tuple[list[tuple], dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row after one warm-up (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per row after one warm-up (median reported)"
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be ≥ 1, got {args.repeats}")
@@ -137,9 +142,13 @@ def main() -> None:
             d = diff if isinstance(diff, str) else f"{diff:.1e}"
             print(f"| {name} | {method} | {seconds:.3f} | {ratio:.2f} | {d} |", flush=True)
 
-    targets = [("ours1 ×fwd", "≤ 1.3", lambda v: v <= 1.3), ("ours4 ×fwd", "≤ 1.5", lambda v: v <= 1.5),
-               ("speed-up vs pgc, 1 layer", "≥ 2", lambda v: v >= 2), ("speed-up vs pgc, 4 layers", "≥ 2", lambda v: v >= 2),
-               ("max diff vs pgc", "≤ 1e-4", lambda v: v <= 1e-4)]
+    targets = [
+        ("ours1 ×fwd", "≤ 1.3", lambda v: v <= 1.3),
+        ("ours4 ×fwd", "≤ 1.5", lambda v: v <= 1.5),
+        ("speed-up vs pgc, 1 layer", "≥ 2", lambda v: v >= 2),
+        ("speed-up vs pgc, 4 layers", "≥ 2", lambda v: v >= 2),
+        ("max diff vs pgc", "≤ 1e-4", lambda v: v <= 1e-4),
+    ]
     print("\n| target | " + " | ".join(summary) + " |")
     print("|---|" + "---:|" * len(summary))
     for key, goal, ok in targets:

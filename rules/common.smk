@@ -24,14 +24,16 @@ LOADED_BY_NAME = {"convscope.data": [f"convscope.data.{CONFIG.dataset.kind}"]}
 
 def code(job):
     """Fingerprint of the code a job's script runs (its import closure, normalised): a param, so editing any
-    module the job imports reruns it, and editing comments, docstrings or layout does not."""
+    module the job imports reruns it, and editing comments, docstrings or layout does not.
+    """
     return codedeps.fingerprint(SCRIPTS / f"{job}.py", LOADED_BY_NAME)
 
 
 def figure_code(wildcards):
     family = FAMILIES[wildcards.family]
     return codedeps.fingerprint(
-        SCRIPTS / "figures.py", LOADED_BY_NAME | {"convscope.figures": [family.module_name]}
+        SCRIPTS / "figures.py",
+        LOADED_BY_NAME | {"convscope.figures": [family.module_name]},
     )
 
 
@@ -64,7 +66,10 @@ def figure_settings(wildcards):
 def figure_inputs(wildcards):
     """What one figure family reads: the checkpoint and the dataset index, plus what its entry names."""
     artifacts = {"metrics": paths.METRICS, "predictions": paths.PREDICTIONS}
-    inputs = {"index": DATA_INDEX, "checkpoint": paths.CHECKPOINT.format(model=wildcards.model)}
+    inputs = {
+        "index": DATA_INDEX,
+        "checkpoint": paths.CHECKPOINT.format(model=wildcards.model),
+    }
     for name in FAMILIES[wildcards.family].reads:
         inputs[name] = artifacts[name].format(model=wildcards.model)
     return inputs
@@ -91,7 +96,11 @@ def report_benchmarks():
     models = CONFIG.model_names
     return (
         [f"{paths.BENCHMARKS}/prepare_data.tsv"]
-        + expand(f"{paths.BENCHMARKS}/{{rule}}/{{model}}.tsv", rule=["train", "evaluate"], model=models)
+        + expand(
+            f"{paths.BENCHMARKS}/{{step}}/{{model}}.tsv",
+            step=["train", "evaluate"],
+            model=models,
+        )
         + expand(
             f"{paths.BENCHMARKS}/figures/{{model}}/{{family}}.tsv",
             model=models,
@@ -109,5 +118,8 @@ def explanation_settings(wildcards):
     settings["layers"] = None if layers is None else list(layers)
     settings["batch_size"] = CONFIG.runtime.eval_batch_size
     # Heatmaps look alike in every figure: the colour map and opacity are the Grad-CAM figures' ones.
-    settings["cmap"], settings["alpha"] = CONFIG.figures.gradcam.cmap, CONFIG.figures.gradcam.alpha
+    settings["cmap"], settings["alpha"] = (
+        CONFIG.figures.gradcam.cmap,
+        CONFIG.figures.gradcam.alpha,
+    )
     return settings

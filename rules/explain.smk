@@ -4,21 +4,27 @@ rule explain:
         checkpoint=paths.CHECKPOINT,
     output:
         explanations=paths.EXPLANATIONS,
-        figures=report(directory(paths.EXPLANATION_FIGURES), patterns=["{name}.png"], caption="captions/figures.rst",
-                       category="{model}", subcategory="explanations", labels={"figure": "{name}"}),
-    params:
-        code=code("explain"),
-        settings=explanation_settings,
-    conda:
-        "../environment.yml"
+        figures=report(
+            directory(paths.EXPLANATION_FIGURES),
+            patterns=["{name}.png"],
+            caption="captions/figures.rst",
+            category="{model}",
+            subcategory="explanations",
+            labels={"figure": "{name}"},
+        ),
     log:
         "logs/explain/{model}.log",
     benchmark:
         "benchmarks/results/explain/{model}.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=gpus(),
+    params:
+        code=code("explain"),
+        settings=explanation_settings,
     script:
         "scripts/explain.py"

@@ -1,5 +1,6 @@
 import glob
 
+
 rule report_sources:
     input:
         unpack(report_source_inputs),
@@ -7,19 +8,19 @@ rule report_sources:
     output:
         generated=directory(paths.REPORT_GENERATED),
         variables=paths.REPORT_VARIABLES,
+    log:
+        "logs/report/sources.log",
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
     params:
         code=code("report_sources"),
         models=CONFIG.model_names,
         config=CONFIG.raw,
         benchmarks=report_benchmarks(),
-    conda:
-        "../environment.yml"
-    log:
-        "logs/report/sources.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=10,
     script:
         "scripts/report_sources.py"
 
@@ -33,17 +34,17 @@ rule render_report:
     output:
         html=paths.REPORT_HTML,
         pdf=paths.REPORT_PDF,
-    params:
-        code=code("render_report"),
-    conda:
-        "../environment.yml"
     log:
         "logs/report/render.log",
     benchmark:
         "benchmarks/results/render_report.tsv"
+    conda:
+        "../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        code=code("render_report"),
     script:
         "scripts/render_report.py"

@@ -4,21 +4,21 @@ rule train:
     output:
         checkpoint=paths.CHECKPOINT,
         history=paths.HISTORY,
-    params:
-        code=code("train"),
-        model=model_params,
-        runtime=runtime_params(),
-    conda:
-        "../environment.yml"
     log:
         "logs/train/{model}.log",
     benchmark:
         "benchmarks/results/train/{model}.tsv"
+    conda:
+        "../environment.yml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=gpus(),
+    params:
+        code=code("train"),
+        model=model_params,
+        runtime=runtime_params(),
     script:
         "scripts/train.py"
 
@@ -31,19 +31,19 @@ rule evaluate:
         metrics=paths.METRICS,
         predictions=paths.PREDICTIONS,
         timings=paths.TIMINGS,
-    params:
-        code=code("evaluate"),
-        runtime=runtime_params(),
-    conda:
-        "../environment.yml"
     log:
         "logs/evaluate/{model}.log",
     benchmark:
         "benchmarks/results/evaluate/{model}.tsv"
+    conda:
+        "../environment.yml"
     threads: 4
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=gpus(),
+    params:
+        code=code("evaluate"),
+        runtime=runtime_params(),
     script:
         "scripts/evaluate.py"

@@ -32,8 +32,12 @@ def cifar_rows(images: np.ndarray) -> np.ndarray:
 
 def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int]) -> None:
     """One batch file as the CIFAR-10 python version pickles it (bytes keys, N×3072 uint8 rows)."""
-    batch = {b"batch_label": path.name.encode(), b"labels": labels, b"data": cifar_rows(images),
-             b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}
+    batch = {
+        b"batch_label": path.name.encode(),
+        b"labels": labels,
+        b"data": cifar_rows(images),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
+    }
     path.write_bytes(pickle.dumps(batch))
 
 
@@ -54,7 +58,7 @@ def write_cifar(folder: Path, per_batch: int = 20, images: np.ndarray | None = N
     images = cifar_images(6 * per_batch) if images is None else images
     labels = [i % 10 for i in range(per_batch)]
     for b, name in enumerate(CIFAR_FILES):
-        write_cifar_batch(folder / name, images[b * per_batch:(b + 1) * per_batch], labels)
+        write_cifar_batch(folder / name, images[b * per_batch : (b + 1) * per_batch], labels)
     return images
 
 
@@ -64,7 +68,9 @@ def save_image(image: Image.Image, path: Path, **options) -> None:
     image.save(path, **options)
 
 
-def write_caltech(root: Path, folders: list[str], per_class: int, size: tuple[int, int] = (48, 40), grayscale: str | None = None) -> list[str]:
+def write_caltech(
+    root: Path, folders: list[str], per_class: int, size: tuple[int, int] = (48, 40), grayscale: str | None = None
+) -> list[str]:
     """Caltech-256 style class folders of JPEGs (``001.ak47/001_0001.jpg``, numbered from 1, sizes varying).
 
     Each class has its own colour and every image a bright square at its own position, so images differ.
@@ -80,8 +86,10 @@ def write_caltech(root: Path, folders: list[str], per_class: int, size: tuple[in
         for k in range(1, per_class + 1):
             ref = f"{folder}/{number}_{k:04d}.jpg"
             width, height = size[0] + 3 * k, size[1] + 2 * c
-            pixels = (rng.integers(0, 40, (height, width, 3)) + np.array([200 * (c == 0), 200 * (c == 1), 200 * (c >= 2)])).astype(np.uint8)
-            pixels[k:k + height // 3, k:k + width // 3] = 255
+            pixels = (
+                rng.integers(0, 40, (height, width, 3)) + np.array([200 * (c == 0), 200 * (c == 1), 200 * (c >= 2)])
+            ).astype(np.uint8)
+            pixels[k : k + height // 3, k : k + width // 3] = 255
             image = Image.fromarray(pixels)
             save_image(image.convert("L") if ref == grayscale else image, root / ref, quality=90)
             written.append(ref)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
 from conftest import TINY, write_yaml
+
 from convscope.cli import main
 from convscope.errors import ConfigError
 
@@ -34,21 +34,64 @@ def with_model(**overrides) -> dict:
 
 
 CASES = {
-    "wrong type": (with_model(epochs="ten"), "config models[0].epochs = \"ten\": 'ten' is not of type 'integer'; expected integer"),
-    "float for int": (with_model(batch_size=1.5), "config models[0].batch_size = 1.5: 1.5 is not of type 'integer'; expected integer"),
-    "negative lr": (with_model(lr=-1), "config models[0].lr = -1: -1 is less than or equal to the minimum of 0; must be > 0"),
-    "unknown arch": (with_model(arch="resnet19"), "config models[0].arch = 'resnet19' is not a torchvision classification model; choose one of: alexnet,"),
-    "unknown key": (with_model(epoch=3), "config models[0]: Additional properties are not allowed ('epoch' was unexpected); allowed keys:"),
+    "wrong type": (
+        with_model(epochs="ten"),
+        "config models[0].epochs = \"ten\": 'ten' is not of type 'integer'; expected integer",
+    ),
+    "float for int": (
+        with_model(batch_size=1.5),
+        "config models[0].batch_size = 1.5: 1.5 is not of type 'integer'; expected integer",
+    ),
+    "negative lr": (
+        with_model(lr=-1),
+        "config models[0].lr = -1: -1 is less than or equal to the minimum of 0; must be > 0",
+    ),
+    "unknown arch": (
+        with_model(arch="resnet19"),
+        "config models[0].arch = 'resnet19' is not a torchvision classification model; choose one of: alexnet,",
+    ),
+    "unknown key": (
+        with_model(epoch=3),
+        "config models[0]: Additional properties are not allowed ('epoch' was unexpected); allowed keys:",
+    ),
     "missing arch": ({"models": [{"name": "x"}]}, "config models[0]: 'arch' is a required property; add it"),
-    "bad dataset kind": ({"dataset": {"kind": "cifar100"}}, "config dataset.kind = \"cifar100\": 'cifar100' is not one of"),
-    "missing dataset root": ({"dataset": {"kind": "cifar10", "root": "nowhere"}}, "config dataset.root: folder 'nowhere' not found; put the dataset there or fix the path"),
-    "no dataset root": ({"dataset": {"kind": "imagefolder"}}, "config dataset.root is missing; dataset kind 'imagefolder' reads a local copy: set dataset.root to its folder"),
-    "missing weights file": (with_model(weights="weights/resnet18.pth"), "config models[0].weights: file 'weights/resnet18.pth' not found; put the weights file there or fix the path"),
-    "inception too small": (with_model(arch="inception_v3", input_size=96), "config models[0].input_size = 96 is too small for inception_v3 (needs >= 299); set aux_logits: false (needs >= 75) or raise input_size"),
-    "inception without aux too small": (with_model(arch="inception_v3", input_size=64, aux_logits=False), "config models[0].input_size = 64 is too small for inception_v3 (needs >= 75); raise input_size"),
-    "duplicate names": ({"models": [{"name": "a", "arch": "resnet18"}, {"name": "a", "arch": "resnet34"}]}, "config models: name 'a' is used twice; give every model a unique name"),
+    "bad dataset kind": (
+        {"dataset": {"kind": "cifar100"}},
+        "config dataset.kind = \"cifar100\": 'cifar100' is not one of",
+    ),
+    "missing dataset root": (
+        {"dataset": {"kind": "cifar10", "root": "nowhere"}},
+        "config dataset.root: folder 'nowhere' not found; put the dataset there or fix the path",
+    ),
+    "no dataset root": (
+        {"dataset": {"kind": "imagefolder"}},
+        "config dataset.root is missing; dataset kind 'imagefolder' reads a local copy: set dataset.root to its folder",
+    ),
+    "missing weights file": (
+        with_model(weights="weights/resnet18.pth"),
+        "config models[0].weights: file 'weights/resnet18.pth' not found; put the weights file there or fix the path",
+    ),
+    "inception too small": (
+        with_model(arch="inception_v3", input_size=96),
+        (
+            "config models[0].input_size = 96 is too small for inception_v3 "
+            "(needs >= 299); set aux_logits: false (needs >= 75) or raise "
+            "input_size"
+        ),
+    ),
+    "inception without aux too small": (
+        with_model(arch="inception_v3", input_size=64, aux_logits=False),
+        "config models[0].input_size = 64 is too small for inception_v3 (needs >= 75); raise input_size",
+    ),
+    "duplicate names": (
+        {"models": [{"name": "a", "arch": "resnet18"}, {"name": "a", "arch": "resnet34"}]},
+        "config models: name 'a' is used twice; give every model a unique name",
+    ),
     "bad model name": (with_model(name="res net"), "config models[0].name = \"res net\": 'res net' does not match"),
-    "resize below input": (with_model(preprocessing={"resize": 16}), "config models[0].preprocessing.resize = 16 is smaller than input_size 32; resize to at least input_size"),
+    "resize below input": (
+        with_model(preprocessing={"resize": 16}),
+        "config models[0].preprocessing.resize = 16 is smaller than input_size 32; resize to at least input_size",
+    ),
     "not a mapping": ([1, 2], "config must be a mapping of keys to values, got list"),
 }
 
@@ -76,7 +119,9 @@ def test_weights_of_another_arch_leave_no_checkpoint(tmp_path, capsys):
     torch.save(torchvision.models.resnet34(num_classes=1000).state_dict(), tmp_path / "r34.pth")
     status, err = run_cli(tmp_path, with_model(weights=str(tmp_path / "r34.pth")), "prepare-data", capsys=capsys)
     assert status == 0
-    status, err = run_cli(tmp_path, with_model(weights=str(tmp_path / "r34.pth")), "train", "--model", "tiny", capsys=capsys)
+    status, err = run_cli(
+        tmp_path, with_model(weights=str(tmp_path / "r34.pth")), "train", "--model", "tiny", capsys=capsys
+    )
     assert status == 1
     assert "does not fit this architecture" in err and "use weights saved from the same arch" in err
     assert not (tmp_path / "results/tiny/checkpoint.pt").exists()
@@ -85,7 +130,9 @@ def test_weights_of_another_arch_leave_no_checkpoint(tmp_path, capsys):
 def test_corrupt_weights_file(tmp_path, capsys):
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
     run_cli(tmp_path, with_model(weights=str(tmp_path / "bad.pth")), "prepare-data", capsys=capsys)
-    status, err = run_cli(tmp_path, with_model(weights=str(tmp_path / "bad.pth")), "train", "--model", "tiny", capsys=capsys)
+    status, err = run_cli(
+        tmp_path, with_model(weights=str(tmp_path / "bad.pth")), "train", "--model", "tiny", capsys=capsys
+    )
     assert status == 1 and f"weights file '{tmp_path / 'bad.pth'}' cannot be read" in err
 
 
@@ -95,7 +142,10 @@ def test_corrupt_checkpoint_leaves_no_metrics(tmp_path, capsys):
     (tmp_path / "results/tiny/checkpoint.pt").write_bytes(b"\x00garbage")
     status, err = run_cli(tmp_path, TINY, "evaluate", "--model", "tiny", capsys=capsys)
     assert status == 1
-    assert err == "convscope: error: checkpoint 'results/tiny/checkpoint.pt' cannot be read (UnpicklingError); delete it and rerun training"
+    assert err == (
+        "convscope: error: checkpoint 'results/tiny/checkpoint.pt' cannot "
+        "be read (UnpicklingError); delete it and rerun training"
+    )
     assert not any((tmp_path / "results/tiny").glob("*.json"))
 
 
@@ -104,15 +154,29 @@ def test_class_count_mismatch_between_checkpoint_and_dataset(tmp_path, capsys):
     assert run_cli(tmp_path, with_model(epochs=1), "train", "--model", "tiny", capsys=capsys)[0] == 0
     # The same checkpoint evaluated on a 3-class image folder.
     from PIL import Image
+
     for name in ("a", "b", "c"):
         for i in range(4):
             (tmp_path / "folder" / name).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (40, 40), (i * 60, 0, 0)).save(tmp_path / "folder" / name / f"{i}.png")
-    other = {"dataset": {"kind": "imagefolder", "name": "shapes", "root": str(tmp_path / "folder"), "val_fraction": 0.25, "test_fraction": 0.25}, "models": with_model(epochs=1)["models"]}
+    other = {
+        "dataset": {
+            "kind": "imagefolder",
+            "name": "shapes",
+            "root": str(tmp_path / "folder"),
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+        "models": with_model(epochs=1)["models"],
+    }
     assert run_cli(tmp_path, other, "prepare-data", capsys=capsys)[0] == 0
     status, err = run_cli(tmp_path, other, "evaluate", "--model", "tiny", capsys=capsys)
     assert status == 1
-    assert err == "convscope: error: checkpoint 'results/tiny/checkpoint.pt' was trained on 10 classes but the dataset has 3; retrain the model on this dataset"
+    assert err == (
+        "convscope: error: checkpoint 'results/tiny/checkpoint.pt' was "
+        "trained on 10 classes but the dataset has 3; retrain the model "
+        "on this dataset"
+    )
     assert not (tmp_path / "results/tiny/metrics.json").exists()
 
 
@@ -122,12 +186,21 @@ def test_invalid_yaml(tmp_path, capsys):
     assert status == 1 and "is not valid YAML" in err
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"dataset": {"name": ".."}}, "config dataset.name = \"..\": '..' does not match"),
-    ({"models": [{"name": "r", "arch": "resnet18"}], "figures": {"gradcam": {"layers": {"resnet81": ["layer4"]}}}},
-     "config figures.gradcam.layers names model 'resnet81', which is not configured; use one of: r"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"dataset": {"name": ".."}}, "config dataset.name = \"..\": '..' does not match"),
+        (
+            {
+                "models": [{"name": "r", "arch": "resnet18"}],
+                "figures": {"gradcam": {"layers": {"resnet81": ["layer4"]}}},
+            },
+            "config figures.gradcam.layers names model 'resnet81', which is not configured; use one of: r",
+        ),
+    ],
+)
 def test_unsafe_dataset_name_and_layer_lists_of_unknown_models_are_refused(raw, message):
     from convscope.config import load_config
+
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(raw)

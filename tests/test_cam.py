@@ -11,14 +11,16 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from convscope.errors import UserError
 from convscope.cam import ActivationRecorder, grad_cam
+from convscope.errors import UserError
 
 REFERENCE = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
 TOL = 1e-4
 
 
-def reference_maps(model: nn.Module, x: torch.Tensor, layer: str, targets: torch.Tensor, method: str = "gradcam") -> torch.Tensor:
+def reference_maps(
+    model: nn.Module, x: torch.Tensor, layer: str, targets: torch.Tensor, method: str = "gradcam"
+) -> torch.Tensor:
     """pytorch-grad-cam's maps for one layer (its multi-layer call would average the layers)."""
     with REFERENCE[method](model, [model.get_submodule(layer)]) as cam:
         maps = torch.from_numpy(cam(x, [ClassifierOutputTarget(int(t)) for t in targets]))
@@ -87,7 +89,10 @@ def test_resnet18_equals_pytorch_grad_cam(resnet18, images, method):
 
 @pytest.mark.parametrize(
     ("arch", "layers", "size"),
-    [("mobilenet_v3_small", ["features.8", "features.12"], 96), ("inception_v3", ["Mixed_5d", "Mixed_6e", "Mixed_7c"], 107)],
+    [
+        ("mobilenet_v3_small", ["features.8", "features.12"], 96),
+        ("inception_v3", ["Mixed_5d", "Mixed_6e", "Mixed_7c"], 107),
+    ],
 )
 def test_other_archs_equal_pytorch_grad_cam(arch, layers, size):
     torch.manual_seed(3)

@@ -6,13 +6,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-from convscope.config import load_config
-from convscope.data import DatasetError, cifar10, open_split, prepare_dataset
 from fabricate import CIFAR_CLASSES as CLASSES
 from fabricate import cifar_images as fabricate_images
 from fabricate import write_cifar as write_cifar_batches
 from fabricate import write_cifar_batch as write_batch
+
+from convscope.config import load_config
+from convscope.data import DatasetError, cifar10, open_split, prepare_dataset
 
 PER_BATCH = 20  # two images of each class per batch
 N_TRAIN, N_TEST = 5 * PER_BATCH, PER_BATCH
@@ -118,6 +118,7 @@ class _RunsCode:
 
     def __reduce__(self):
         import os
+
         return os.system, (f"touch {self.marker}",)
 
 

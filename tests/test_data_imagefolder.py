@@ -5,11 +5,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from fabricate import save_image as save
 from PIL import Image
 
 from convscope.config import load_config
 from convscope.data import DatasetError, open_split, prepare_dataset, read_index
-from fabricate import save_image as save
 
 CLASS_FOLDERS = ["001.ak47", "002.laptop-101", "003.t-shirt", "257.clutter"]
 CORRUPT = "001.ak47/bad.jpg"
@@ -100,7 +100,9 @@ def test_skip_mode_lists_and_counts_the_corrupt_file(folder, tmp_path, capsys):
 
 def test_fail_mode_names_the_corrupt_file(folder, tmp_path):
     root, _ = folder
-    with pytest.raises(DatasetError, match=f"1 unreadable image.*{CORRUPT}; delete them or set dataset.on_corrupt: skip"):
+    with pytest.raises(
+        DatasetError, match=f"1 unreadable image.*{CORRUPT}; delete them or set dataset.on_corrupt: skip"
+    ):
         prepare_dataset(config(root, on_corrupt="fail"), tmp_path / "data")
 
 
@@ -111,7 +113,9 @@ def test_splits_are_disjoint_stratified_and_seeded(folder, tmp_path):
     assert refs["train"] | refs["val"] | refs["test"] == set(sizes)
     assert sum(map(len, refs.values())) == len(sizes)
     # Per class of five: one test image (20%), then one of the remaining four for validation (25%).
-    assert [Counter(index.labels[s]) for s in ("train", "val", "test")] == [Counter({c: n for c in range(4)}) for n in (3, 1, 1)]
+    assert [Counter(index.labels[s]) for s in ("train", "val", "test")] == [
+        Counter({c: n for c in range(4)}) for n in (3, 1, 1)
+    ]
     assert prepare_dataset(config(root), tmp_path / "b").refs == index.refs
     assert prepare_dataset(config(root, split_seed=1), tmp_path / "c").refs != index.refs
 
@@ -139,7 +143,9 @@ def test_layout_errors_name_the_folder(tmp_path):
         prepare_dataset(config(root), tmp_path / "data")
     save(Image.new("RGB", (4, 4)), root / "cat" / "0.jpg")
     (root / "dog").mkdir()
-    with pytest.raises(DatasetError, match=re.escape(f"class folder '{root / 'dog'}' holds no images") + ".*remove it or add images"):
+    with pytest.raises(
+        DatasetError, match=re.escape(f"class folder '{root / 'dog'}' holds no images") + ".*remove it or add images"
+    ):
         prepare_dataset(config(root), tmp_path / "data")
     split = tmp_path / "split"
     save(Image.new("RGB", (4, 4)), split / "train" / "cat" / "0.jpg")
@@ -152,12 +158,15 @@ def test_image_broken_after_prepare_asks_for_prepare_again(folder, tmp_path):
     index = prepare_dataset(config(root), tmp_path / "data")
     ref = index.refs["test"][0]
     (root / ref).write_bytes(b"no longer an image")
-    with pytest.raises(DatasetError, match=re.escape(f"image '{root / ref}' cannot be read any more") + ".*rerun the prepare_data step"):
+    with pytest.raises(
+        DatasetError, match=re.escape(f"image '{root / ref}' cannot be read any more") + ".*rerun the prepare_data step"
+    ):
         open_split(tmp_path / "data" / "index.json", "test").load(0)
 
 
 def test_exif_orientation_is_applied(tmp_path):
     from convscope.data.imagefolder import FileSource
+
     stored = Image.new("RGB", (40, 20), (0, 0, 255))
     stored.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left of the stored pixels
     exif = Image.Exif()

@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 
 from convscope.config import load_config
-from convscope.data import DatasetError, open_split, read_index
-from convscope.data import shapes
+from convscope.data import DatasetError, open_split, read_index, shapes
 
 
 def small(**overrides):
-    return load_config({"dataset": {"shapes": {"image_size": 48, "train_per_class": 20, "test_per_class": 10, **overrides}}}).dataset.shapes
+    return load_config(
+        {"dataset": {"shapes": {"image_size": 48, "train_per_class": 20, "test_per_class": 10, **overrides}}}
+    ).dataset.shapes
 
 
 def test_generation_is_deterministic_and_seeded():

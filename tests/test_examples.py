@@ -23,14 +23,14 @@ import pytest
 import torch
 import torchvision
 import yaml
-
 from conftest import REPO, tiny_config, write_yaml
-from convscope.errors import UserError
+from fabricate import CIFAR_CLASSES, write_caltech, write_cifar
+
 from convscope.config import ModelConfig, load_config, read_config
+from convscope.errors import UserError
 from convscope.figures.features import render_feature_maps
 from convscope.models import build_model, imagenet_weights_path
 from convscope.training import load_checkpoint, train_model
-from fabricate import CIFAR_CLASSES, write_caltech, write_cifar
 
 EXAMPLES = REPO / "config" / "examples"
 CIFAR_PROFILE = "cifar10-resnet18.yaml"
@@ -50,7 +50,7 @@ def shipped(name: str) -> dict:
 
 
 def save_imagenet_weights(torch_home: Path, arch: str) -> dict[str, torch.Tensor]:
-    """A randomly initialised 1000-class ``arch`` saved where ``weights: imagenet`` looks for it under ``torch_home``."""
+    """A randomly initialised 1000-class ``arch`` saved where ``weights: imagenet`` looks under ``torch_home``."""
     torch.manual_seed(FILE_SEED)
     kwargs = {"aux_logits": True, "init_weights": True} if arch == "inception_v3" else {}
     state = torchvision.models.get_model(arch, weights=None, num_classes=1000, **kwargs).state_dict()
@@ -63,8 +63,18 @@ def save_imagenet_weights(torch_home: Path, arch: str) -> dict[str, torch.Tensor
 def changed_keys(before, after, prefix: str = "") -> set[str]:
     """Dotted keys (list items as [*]) whose values differ between two nested configs."""
     if isinstance(before, dict) and isinstance(after, dict):
-        return set().union(*(changed_keys(before.get(k), after.get(k), f"{prefix}.{k}".lstrip(".")) for k in before.keys() | after.keys()))
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after) and all(isinstance(b, dict) for b in before):
+        return set().union(
+            *(
+                changed_keys(before.get(k), after.get(k), f"{prefix}.{k}".lstrip("."))
+                for k in before.keys() | after.keys()
+            )
+        )
+    if (
+        isinstance(before, list)
+        and isinstance(after, list)
+        and len(before) == len(after)
+        and all(isinstance(b, dict) for b in before)
+    ):
         return set().union(*(changed_keys(b, a, f"{prefix}[*]") for b, a in zip(before, after)))
     return set() if before == after else {prefix}
 
@@ -76,7 +86,17 @@ def build(workdir: Path, profile: dict, torch_home: Path) -> None:
         shutil.copytree(REPO / "report", workdir / "report", ignore=shutil.ignore_patterns("_*", ".*"))
         shutil.copy(REPO / "report/_quarto.yml", workdir / "report")
     env = {**os.environ, "TORCH_HOME": str(torch_home)}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -86,10 +106,16 @@ def read_stages(workdir: Path, model: str) -> dict[str, str]:
         return {row["layer"]: row["output_shape"] for row in csv.DictReader(f)}
 
 
-def assert_checkpoint(workdir: Path, model: str, arch: str, classes: list[str], input_size: int, resize: int, saved: dict) -> dict:
+def assert_checkpoint(
+    workdir: Path, model: str, arch: str, classes: list[str], input_size: int, resize: int, saved: dict
+) -> dict:
     checkpoint = load_checkpoint(workdir / f"results/{model}/checkpoint.pt")
     assert (checkpoint["arch"], checkpoint["num_classes"], checkpoint["classes"]) == (arch, len(classes), classes)
-    assert (checkpoint["input_size"], checkpoint["mean"], checkpoint["std"]) == (input_size, IMAGENET_MEAN, IMAGENET_STD)
+    assert (checkpoint["input_size"], checkpoint["mean"], checkpoint["std"]) == (
+        input_size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
     assert checkpoint["config"]["weights"] == "imagenet" and checkpoint["config"]["preprocessing"]["resize"] == resize
     assert checkpoint["config"]["preprocessing"]["crop"] == "random"
     # The backbone came from the weights file: one epoch at a fine-tuning lr leaves every backbone tensor
@@ -99,10 +125,16 @@ def assert_checkpoint(workdir: Path, model: str, arch: str, classes: list[str], 
     torch.manual_seed(config.seed)
     fresh = build_model(config, len(classes)).state_dict()
     trained = checkpoint["state_dict"]
-    backbone = [k for k, v in trained.items() if v.dim() > 1 and k in saved and saved[k].shape == v.shape]  # conv kernels
+    backbone = [
+        k for k, v in trained.items() if v.dim() > 1 and k in saved and saved[k].shape == v.shape
+    ]  # conv kernels
     assert FIRST_CONV[arch] in backbone and not any(k.startswith(("fc.", "AuxLogits.fc.")) for k in backbone)
-    cosine = {source: torch.stack([torch.nn.functional.cosine_similarity(trained[k].flatten(), weights[k].flatten(), dim=0) for k in backbone])
-              for source, weights in (("file", saved), ("fresh", fresh))}
+    cosine = {
+        source: torch.stack(
+            [torch.nn.functional.cosine_similarity(trained[k].flatten(), weights[k].flatten(), dim=0) for k in backbone]
+        )
+        for source, weights in (("file", saved), ("fresh", fresh))
+    }
     assert cosine["file"].mean() > 0.9 and cosine["fresh"].abs().mean() < 0.1
     assert (cosine["file"] > cosine["fresh"].abs() + 0.3).all()
     assert not torch.equal(trained[FIRST_CONV[arch]], saved[FIRST_CONV[arch]])  # and it was trained
@@ -128,6 +160,7 @@ def assert_gradcam(workdir: Path, model: str, layers: list[str], n: int, size: i
 
 # CIFAR-10: ResNet18 from ImageNet weights at 224 px.
 
+
 @pytest.fixture(scope="module")
 def cifar_build(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cifar_example")
@@ -140,8 +173,13 @@ def cifar_build(tmp_path_factory):
     tiny["figures"]["gradcam"]["num_images"] = 3
     # One epoch on 50 images may classify no test image correctly; tests/test_figures_cam.py covers correct_only.
     tiny["figures"]["gradcam"]["correct_only"] = False
-    assert changed_keys(profile, tiny) == {"dataset.root", "models[*].epochs", "models[*].batch_size", "figures.gradcam.num_images",
-                                           "figures.gradcam.correct_only"}
+    assert changed_keys(profile, tiny) == {
+        "dataset.root",
+        "models[*].epochs",
+        "models[*].batch_size",
+        "figures.gradcam.num_images",
+        "figures.gradcam.correct_only",
+    }
     build(tmp / "work", tiny, tmp / "torch")
     return tmp / "work", saved
 
@@ -166,7 +204,9 @@ def test_cifar10_resnet18_profile_figures(cifar_build):
         assert str(first["layer"]) == "conv1" and first["weight"].shape == (64, 3, 7, 7)
     with np.load(figures / "filters/filters_layer4.1.conv2.npz") as deep:
         assert deep["channel_mean"].shape == (512, 3, 3)
-    assert (figures / "filters/filters_first.png").exists() and (figures / "filters/filters_layer4.1.conv2.png").exists()
+    assert (figures / "filters/filters_first.png").exists() and (
+        figures / "filters/filters_layer4.1.conv2.png"
+    ).exists()
     with np.load(figures / "feature_maps/feature_maps.npz") as maps:
         assert list(maps["layers"]) == ["layer4.1.conv2", "layer4"] and len(maps["indices"]) == 1
         assert maps["layer4.1.conv2/top_maps"].shape == (1, 8, 7, 7)
@@ -176,6 +216,7 @@ def test_cifar10_resnet18_profile_figures(cifar_build):
 
 
 # Caltech-256: ResNet50 (256/224) and InceptionV3 (342/299, aux logits) from ImageNet weights.
+
 
 @pytest.fixture(scope="module")
 def caltech_build(tmp_path_factory):
@@ -193,8 +234,13 @@ def caltech_build(tmp_path_factory):
         model.update(epochs=1, batch_size=4)
     tiny["figures"]["gradcam"]["num_images"] = 3
     tiny["figures"]["feature_maps"]["num_images"] = 1
-    assert changed_keys(profile, tiny) == {"dataset.root", "models[*].epochs", "models[*].batch_size",
-                                           "figures.gradcam.num_images", "figures.feature_maps.num_images"}
+    assert changed_keys(profile, tiny) == {
+        "dataset.root",
+        "models[*].epochs",
+        "models[*].batch_size",
+        "figures.gradcam.num_images",
+        "figures.feature_maps.num_images",
+    }
     build(tmp / "work", tiny, tmp / "torch")
     return tmp / "work", saved
 
@@ -220,7 +266,11 @@ def test_caltech256_profile_stage_tables_and_gradcam(caltech_build):
     resnet = read_stages(workdir, "resnet50")
     assert [resnet[f"layer{i}"] for i in range(1, 5)] == ["256×56×56", "512×28×28", "1024×14×14", "2048×7×7"]
     inception = read_stages(workdir, "inception_v3")
-    assert (inception["Mixed_5d"], inception["Mixed_6e"], inception["Mixed_7c"]) == ("288×35×35", "768×17×17", "2048×8×8")
+    assert (inception["Mixed_5d"], inception["Mixed_6e"], inception["Mixed_7c"]) == (
+        "288×35×35",
+        "768×17×17",
+        "2048×8×8",
+    )
     assert inception["AuxLogits"] == "not called" and inception["fc"] == "3"
     assert_gradcam(workdir, "resnet50", ["layer1", "layer2", "layer3", "layer4"], 3, 224)
     assert_gradcam(workdir, "inception_v3", ["Mixed_5d", "Mixed_6e", "Mixed_7c"], 3, 299)
@@ -241,10 +291,13 @@ def test_caltech256_report_prints_class_names_literally(caltech_build):
 
 # The profiles as shipped, and the package bugs they exposed (fast: no workflow run).
 
+
 @pytest.mark.parametrize("name", [CIFAR_PROFILE, CALTECH_PROFILE])
 def test_shipped_profile_fails_only_on_the_missing_dataset(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/raw here
-    with pytest.raises(UserError, match=r"^config dataset\.root: folder 'data/raw/[\w-]+' not found; put the dataset there"):
+    with pytest.raises(
+        UserError, match=r"^config dataset\.root: folder 'data/raw/[\w-]+' not found; put the dataset there"
+    ):
         read_config(EXAMPLES / name)
     profile = shipped(name)
     (tmp_path / profile["dataset"]["root"]).mkdir(parents=True)
@@ -265,7 +318,11 @@ def test_last_training_batch_of_one_image_is_dropped(tiny_index, tmp_path):
 def test_weights_without_batchnorm_counters_load(tmp_path):
     # Weight files saved before PyTorch 0.4 have no num_batches_tracked buffers; torch loads them, so must we.
     torch.manual_seed(FILE_SEED)
-    state = {k: v for k, v in torchvision.models.resnet18(num_classes=1000).state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v
+        for k, v in torchvision.models.resnet18(num_classes=1000).state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     torch.save(state, tmp_path / "old.pth")
     config = tiny_config(weights=str(tmp_path / "old.pth"))
     model = build_model(config, 10)
@@ -278,11 +335,25 @@ def test_inception_feature_maps_skip_the_aux_head(tiny_index, tmp_path):
     torch.manual_seed(0)
     model = build_model(config, 10)
     classes = json.loads(Path(tiny_index).read_text())["classes"]
-    torch.save({"state_dict": model.state_dict(), "arch": config.arch, "num_classes": 10, "classes": classes,
-                "input_size": 299, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "epoch": 0, "config": dataclasses.asdict(config),
-                "history": []}, tmp_path / "checkpoint.pt")
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "arch": config.arch,
+            "num_classes": 10,
+            "classes": classes,
+            "input_size": 299,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "epoch": 0,
+            "config": dataclasses.asdict(config),
+            "history": [],
+        },
+        tmp_path / "checkpoint.pt",
+    )
     render_feature_maps(tmp_path / "checkpoint.pt", tiny_index, tmp_path / "default", num_images=1, top_k=2)
     with np.load(tmp_path / "default/feature_maps.npz") as maps:
         assert list(maps["layers"]) == ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
     with pytest.raises(UserError, match="layer 'AuxLogits' does not run when the model evaluates"):
-        render_feature_maps(tmp_path / "checkpoint.pt", tiny_index, tmp_path / "aux", layers=["AuxLogits"], num_images=1)
+        render_feature_maps(
+            tmp_path / "checkpoint.pt", tiny_index, tmp_path / "aux", layers=["AuxLogits"], num_images=1
+        )

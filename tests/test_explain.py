@@ -1,7 +1,8 @@
 """Explanation quality: each metric on cases with known answers, the sanity check on a trained model, and the
 explanations figure family end to end.
 
-Parity of Grad-CAM++ and LayerCAM with pytorch-grad-cam is proven in test_cam.py (test_resnet18_equals_pytorch_grad_cam)."""
+Parity of Grad-CAM++ and LayerCAM with pytorch-grad-cam is proven in test_cam.py
+(test_resnet18_equals_pytorch_grad_cam)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,31 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from conftest import tiny_config
 from torch import nn
 
-from conftest import tiny_config
-from convscope.errors import UserError
 from convscope import explain
 from convscope.data import ArraySource
+from convscope.errors import UserError
+from convscope.evaluation import open_model_and_split
 from convscope.explain import (
-    SANITY_THRESHOLD, cascading_randomisation, centre_maps, deletion_insertion, dilate, energy_pointing_game, pixel_ranks,
-    pointing_game, random_maps, spearman, ssim, step_counts, tolerance_pixels, undefined_maps,
+    SANITY_THRESHOLD,
+    cascading_randomisation,
+    centre_maps,
+    deletion_insertion,
+    dilate,
+    energy_pointing_game,
+    pixel_ranks,
+    pointing_game,
+    random_maps,
+    spearman,
+    ssim,
+    step_counts,
+    tolerance_pixels,
+    undefined_maps,
 )
 from convscope.explanations import GROUPS
 from convscope.figures.explanations import render_explanations
-from convscope.evaluation import open_model_and_split
 from convscope.models import model_from_checkpoint
 from convscope.training import load_checkpoint, train_model
 
@@ -84,7 +97,11 @@ def test_tolerance_scales_with_the_input_and_is_a_disc():
         grown = dilate(masks, radius).numpy()
         for mask, got in zip(masks.numpy(), grown):
             points = np.argwhere(mask)
-            distance = np.sqrt(((np.stack([ys, xs], -1)[:, :, None] - points[None, None]) ** 2).sum(-1)).min(-1) if len(points) else np.full((20, 20), np.inf)
+            distance = (
+                np.sqrt(((np.stack([ys, xs], -1)[:, :, None] - points[None, None]) ** 2).sum(-1)).min(-1)
+                if len(points)
+                else np.full((20, 20), np.inf)
+            )
             np.testing.assert_array_equal(got, distance <= radius)
 
 
@@ -122,11 +139,15 @@ def test_baselines():
     area = masks[0].float().mean().item()
     assert expected[0] > 2.5 * area and expected[1] < area / 3  # centred objects favour it, corner objects do not
     noise = random_maps(400, 40, 40, seed=3)
-    assert torch.equal(noise, random_maps(400, 40, 40, seed=3)) and not torch.equal(noise, random_maps(400, 40, 40, seed=4))
+    assert torch.equal(noise, random_maps(400, 40, 40, seed=3)) and not torch.equal(
+        noise, random_maps(400, 40, 40, seed=4)
+    )
     assert 0 <= noise.min() and noise.max() < 1
     # Noise spreads its mass evenly: its energy share is the mask's share of the image.
     area = masks.float().mean((1, 2)).repeat(200)
-    torch.testing.assert_close(energy_pointing_game(noise, masks.repeat(200, 1, 1)).mean(), area.mean(), atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        energy_pointing_game(noise, masks.repeat(200, 1, 1)).mean(), area.mean(), atol=0.01, rtol=0
+    )
 
 
 # --- faithfulness ----------------------------------------------------------------------------------------------
@@ -165,9 +186,14 @@ def test_deletion_and_insertion_rank_the_used_pixels_first():
     insertion = {name: c.insertion_auc.mean().item() for name, c in curves.items()}
     assert deletion["truth"] < 0.1 < deletion["random"] < deletion["reversed"]
     assert insertion["truth"] > 0.9 > insertion["random"] > insertion["reversed"]
-    torch.testing.assert_close(good.deletion_auc, torch.from_numpy(np.trapezoid(good.deletion.numpy(), good.fractions.numpy())).float())
+    torch.testing.assert_close(
+        good.deletion_auc, torch.from_numpy(np.trapezoid(good.deletion.numpy(), good.fractions.numpy())).float()
+    )
     # Chunking changes nothing.
-    torch.testing.assert_close(deletion_insertion(model, x, maps["random"], [0, 0, 0], steps=16, batch_size=1000).deletion, curves["random"].deletion)
+    torch.testing.assert_close(
+        deletion_insertion(model, x, maps["random"], [0, 0, 0], steps=16, batch_size=1000).deletion,
+        curves["random"].deletion,
+    )
 
 
 class CountNet(nn.Module):
@@ -217,7 +243,9 @@ def test_spearman_and_ssim_agree_with_independent_computations():
     b[1] = a[1] ** 2 + 0.01 * b[1]
     expected = [scipy.stats.spearmanr(a[i].flatten(), b[i].flatten()).statistic for i in range(4)]
     np.testing.assert_allclose(spearman(a, b).numpy(), expected, atol=1e-6)
-    np.testing.assert_allclose(explain.average_ranks(a.flatten(1)).numpy(), scipy.stats.rankdata(a.flatten(1).numpy(), axis=1))
+    np.testing.assert_allclose(
+        explain.average_ranks(a.flatten(1)).numpy(), scipy.stats.rankdata(a.flatten(1).numpy(), axis=1)
+    )
     assert spearman(a, a).tolist() == pytest.approx([1.0] * 4)
     assert spearman(torch.zeros(1, 9, 9), b[:1]).isnan().all()
 
@@ -293,21 +321,52 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
     paths, report = render(trained, tiny_index, tmp_path / "a")
     assert sorted(p.name for p in paths) == sorted(["explanations.json", "explanations.npz", *FIGURES])
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
-    assert {k: report[k] for k in ("schema_version", "model", "arch", "input_size", "split", "layers", "layer", "num_images", "steps", "seed")} == {
-        "schema_version": 1, "model": "tiny", "arch": "resnet18", "input_size": 32, "split": "test", "layers": ["layer2", "layer3"],
-        "layer": "layer3", "num_images": 5, "steps": 4, "seed": 0}
-    assert report["tolerance_px"] == pytest.approx(15 * 32 / 224, abs=1e-4) and report["sanity_threshold"] == SANITY_THRESHOLD
+    assert {
+        k: report[k]
+        for k in (
+            "schema_version",
+            "model",
+            "arch",
+            "input_size",
+            "split",
+            "layers",
+            "layer",
+            "num_images",
+            "steps",
+            "seed",
+        )
+    } == {
+        "schema_version": 1,
+        "model": "tiny",
+        "arch": "resnet18",
+        "input_size": 32,
+        "split": "test",
+        "layers": ["layer2", "layer3"],
+        "layer": "layer3",
+        "num_images": 5,
+        "steps": 4,
+        "seed": 0,
+    }
+    assert (
+        report["tolerance_px"] == pytest.approx(15 * 32 / 224, abs=1e-4)
+        and report["sanity_threshold"] == SANITY_THRESHOLD
+    )
     assert list(report["methods"]) == ["gradcam", "gradcam++", "layercam"]
     with np.load(tmp_path / "a" / "explanations.npz") as npz:
         arrays = {key: npz[key] for key in npz.files}
     correct = arrays["test_correct"]
     assert correct.shape == (40,) and arrays["fractions"].tolist() == [0, 0.25, 0.5, 0.75, 1]
     for method, entry in report["methods"].items():
-        assert set(entry) == {"localisation", "localisation_skipped", "faithfulness", "sanity"} and entry["localisation_skipped"] is None
+        assert (
+            set(entry) == {"localisation", "localisation_skipped", "faithfulness", "sanity"}
+            and entry["localisation_skipped"] is None
+        )
         assert list(entry["localisation"]) == ["layer2", "layer3"]
         for layer, groups in entry["localisation"].items():
             assert set(groups) == {*GROUPS, "baselines"} and set(groups["baselines"]) == {"centre", "random"}
-            assert all(set(groups[g]) == SUMMARY_KEYS and set(groups["baselines"]["random"][g]) == SUMMARY_KEYS for g in GROUPS)
+            assert all(
+                set(groups[g]) == SUMMARY_KEYS and set(groups["baselines"]["random"][g]) == SUMMARY_KEYS for g in GROUPS
+            )
             assert groups["all"]["n"] + groups["all"]["flagged"] == 40
             assert groups["correct"]["n"] + groups["correct"]["flagged"] == int(correct.sum())
             # The JSON means are the npz's per-image numbers, undefined maps left out.
@@ -317,21 +376,40 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
                 assert groups["all"]["pointing_game"] == pytest.approx(np.nanmean(pointing), abs=1e-4)
                 assert 0 <= groups["all"]["energy"] <= 1
         assert entry["localisation"]["layer3"]["baselines"]["centre"]["all"] == {
-            "pointing_game": pytest.approx(np.mean(arrays["pointing_centre"]), abs=1e-4), "energy": pytest.approx(np.mean(arrays["energy_centre"]), abs=1e-4),
-            "n": 40, "flagged": 0}
+            "pointing_game": pytest.approx(np.mean(arrays["pointing_centre"]), abs=1e-4),
+            "energy": pytest.approx(np.mean(arrays["energy_centre"]), abs=1e-4),
+            "n": 40,
+            "flagged": 0,
+        }
         faith = entry["faithfulness"]
-        assert set(faith) == {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "n", "flagged", "steps"}
+        assert set(faith) == {
+            "deletion_auc",
+            "insertion_auc",
+            "random_deletion_auc",
+            "random_insertion_auc",
+            "n",
+            "flagged",
+            "steps",
+        }
         defined = ~arrays[f"undefined_{method}"]
         assert faith["n"] == int(defined.sum()) and faith["steps"] == 4
         if faith["n"]:
             expected = np.trapezoid(arrays[f"deletion_{method}"][defined], arrays["fractions"]).mean()
             assert faith["deletion_auc"] == pytest.approx(expected, abs=1e-4)
-        assert faith["random_insertion_auc"] == pytest.approx(np.trapezoid(arrays["random_insertion"], arrays["fractions"]).mean(), abs=1e-4)
+        assert faith["random_insertion_auc"] == pytest.approx(
+            np.trapezoid(arrays["random_insertion"], arrays["fractions"]).mean(), abs=1e-4
+        )
         sanity = entry["sanity"]
-        assert sanity["steps"] == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"] == arrays["sanity_steps"].tolist()
+        assert (
+            sanity["steps"]
+            == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
+            == arrays["sanity_steps"].tolist()
+        )
         assert len(sanity["spearman"]) == len(sanity["ssim"]) == 7 and isinstance(sanity["passes"], bool)
         assert sanity["passes"] == (sanity["spearman"][-1] < SANITY_THRESHOLD)
-        assert arrays[f"sanity_maps_{method}"].shape == (7, 2, 32, 32) and arrays[f"sanity_spearman_{method}"].shape == (7, 5)
+        assert arrays[f"sanity_maps_{method}"].shape == (7, 2, 32, 32) and arrays[
+            f"sanity_spearman_{method}"
+        ].shape == (7, 5)
     # Plain numbers rounded to 4 decimals, and the same file from a second clean build.
     text = (tmp_path / "a" / "explanations.json").read_text()
     assert "NaN" not in text and all(len(n.split(".")[1]) <= 4 for n in re.findall(r"\d+\.\d+", text))
@@ -344,24 +422,31 @@ def test_dataset_without_masks_skips_localisation(trained, tiny_index, tmp_path,
     paths, report = render(trained, tiny_index, tmp_path, methods=["layercam"], num_images=3, steps=2)
     assert sorted(p.name for p in paths) == sorted(["explanations.json", "explanations.npz", *FIGURES])
     entry = report["methods"]["layercam"]
-    assert entry["localisation"] is None and "no object masks" in entry["localisation_skipped"] and report["tolerance_px"] is None
+    assert (
+        entry["localisation"] is None
+        and "no object masks" in entry["localisation_skipped"]
+        and report["tolerance_px"] is None
+    )
     assert entry["faithfulness"]["steps"] == 2 and len(entry["sanity"]["spearman"]) == 7
     with np.load(tmp_path / "explanations.npz") as npz:
         assert "test_correct" not in npz.files and npz["deletion_layercam"].shape == (3, 3)
 
 
-@pytest.mark.parametrize(("settings", "named"), [
-    ({"methods": "gradcam"}, "'gradcam'"),
-    ({"methods": ["gradcam", "scorecam"]}, "'scorecam'"),
-    ({"methods": []}, "gradcam, gradcam++, layercam"),
-    ({"methods": ["layercam", "layercam"]}, "twice"),
-    ({"layers": ["layer2", "layer9"]}, "'layer9'"),
-    ({"layers": "layer3"}, "'layer3'"),
-    ({"num_images": 0}, "num_images"),
-    ({"steps": 1.5}, "steps"),
-    ({"seed": "0"}, "seed"),
-    ({"cmap": "nope"}, "'nope'"),
-])
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"methods": "gradcam"}, "'gradcam'"),
+        ({"methods": ["gradcam", "scorecam"]}, "'scorecam'"),
+        ({"methods": []}, "gradcam, gradcam++, layercam"),
+        ({"methods": ["layercam", "layercam"]}, "twice"),
+        ({"layers": ["layer2", "layer9"]}, "'layer9'"),
+        ({"layers": "layer3"}, "'layer3'"),
+        ({"num_images": 0}, "num_images"),
+        ({"steps": 1.5}, "steps"),
+        ({"seed": "0"}, "seed"),
+        ({"cmap": "nope"}, "'nope'"),
+    ],
+)
 def test_bad_settings_raise_one_line(trained, tiny_index, tmp_path, settings, named):
     with pytest.raises(UserError, match=named.replace("+", r"\+")) as error:
         render(trained, tiny_index, tmp_path, **settings)

@@ -11,17 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.errors import UserError
 from convscope.config import load_config
 from convscope.data import open_split, prepare_dataset
-from convscope.evaluation import evaluate_model
-from convscope.evaluation import load_model
-from convscope.models import conv_layers
+from convscope.errors import UserError
+from convscope.evaluation import evaluate_model, load_model
 from convscope.figures.architecture import render_architecture
 from convscope.figures.features import render_feature_maps
 from convscope.figures.filters import render_filters
 from convscope.figures.training import render_training
-from convscope.models import build_model
+from convscope.models import build_model, conv_layers
 from convscope.transforms import build_transform
 
 DATASET = {"shapes": {"image_size": 32, "train_per_class": 4, "test_per_class": 2}}
@@ -47,17 +45,41 @@ def index(tmp_path_factory):
 def make_checkpoint(path, index, arch: str, seed: int = 0):
     """A checkpoint with every contract key, of an untrained model, saved like training saves one."""
     extra = {"aux_logits": False} if arch == "inception_v3" else {}
-    config = load_config({"dataset": DATASET, "models": [{"name": arch, "arch": arch, "input_size": SIZES[arch], **extra}]}).models[0]
+    config = load_config(
+        {"dataset": DATASET, "models": [{"name": arch, "arch": arch, "input_size": SIZES[arch], **extra}]}
+    ).models[0]
     classes = open_split(index, "train").classes
     torch.manual_seed(seed)
     model = build_model(config, len(classes))
-    history = [{"epoch": e, "train_loss": 2.3 / e, "train_top1": 0.1 * e, "train_top5": 0.5, "val_loss": 2.4 / e,
-                "val_top1": 0.1 * e, "val_top5": 0.5, "lr": 0.01, "seconds": 1.0} for e in (1, 2)]
-    torch.save({
-        "state_dict": model.state_dict(), "arch": arch, "num_classes": len(classes), "classes": classes,
-        "input_size": config.input_size, "mean": list(config.preprocessing.mean), "std": list(config.preprocessing.std),
-        "epoch": 2, "config": dataclasses.asdict(config), "history": history,
-    }, path)
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 2.3 / e,
+            "train_top1": 0.1 * e,
+            "train_top5": 0.5,
+            "val_loss": 2.4 / e,
+            "val_top1": 0.1 * e,
+            "val_top5": 0.5,
+            "lr": 0.01,
+            "seconds": 1.0,
+        }
+        for e in (1, 2)
+    ]
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "arch": arch,
+            "num_classes": len(classes),
+            "classes": classes,
+            "input_size": config.input_size,
+            "mean": list(config.preprocessing.mean),
+            "std": list(config.preprocessing.std),
+            "epoch": 2,
+            "config": dataclasses.asdict(config),
+            "history": history,
+        },
+        path,
+    )
     return path
 
 
@@ -106,11 +128,14 @@ def test_architecture_text_and_stage_table(arch, checkpoints, index, tmp_path):
     assert f"| {last} |" in (tmp_path / "stages.md").read_text()
 
 
-@pytest.mark.parametrize("arch, first, deep", [
-    ("resnet18", "conv1", "layer4.1.conv2"),
-    ("inception_v3", "Conv2d_1a_3x3.conv", "Mixed_7c.branch3x3dbl_3b.conv"),
-    ("mobilenet_v3_small", "features.0.0", "features.11.block.1.0"),
-])
+@pytest.mark.parametrize(
+    "arch, first, deep",
+    [
+        ("resnet18", "conv1", "layer4.1.conv2"),
+        ("inception_v3", "Conv2d_1a_3x3.conv", "Mixed_7c.branch3x3dbl_3b.conv"),
+        ("mobilenet_v3_small", "features.0.0", "features.11.block.1.0"),
+    ],
+)
 def test_filters_show_the_layer_weights(arch, first, deep, checkpoints, index, tmp_path):
     files = render_filters(checkpoints[arch], index, tmp_path)
     assert_pngs(files)
@@ -121,7 +146,9 @@ def test_filters_show_the_layer_weights(arch, first, deep, checkpoints, index, t
     np.testing.assert_array_equal(saved["weight"], layers[first].weight.detach().numpy())
     assert saved["grid"].min() == 0 and saved["grid"].max() == 1  # one joint min-max over all filters
     deep_saved = np.load(tmp_path / f"filters_{deep}.npz")
-    np.testing.assert_allclose(deep_saved["channel_mean"], layers[deep].weight.detach().mean(dim=1).numpy(), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        deep_saved["channel_mean"], layers[deep].weight.detach().mean(dim=1).numpy(), rtol=0, atol=0
+    )
 
 
 def test_first_filter_grid_follows_the_weights(index, checkpoints, tmp_path):
@@ -136,15 +163,20 @@ def test_first_filter_grid_follows_the_weights(index, checkpoints, tmp_path):
 
 
 def test_unknown_filter_layer_is_named(checkpoints, index, tmp_path):
-    with pytest.raises(UserError, match=r"unknown conv layer 'layer9\.conv'.*valid conv layers: conv1, layer1\.0\.conv1"):
+    with pytest.raises(
+        UserError, match=r"unknown conv layer 'layer9\.conv'.*valid conv layers: conv1, layer1\.0\.conv1"
+    ):
         render_filters(checkpoints["resnet18"], index, tmp_path, layers=["layer9.conv"])
     assert not list(tmp_path.iterdir())  # validated before anything is written
 
 
-@pytest.mark.parametrize("arch, settings, expected_layers", [
-    ("resnet18", {"num_images": 2}, ["layer1", "layer2", "layer3", "layer4"]),  # each figure takes ~1 s to draw
-    ("inception_v3", {"num_images": 1, "top_k": 4}, ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]),
-])
+@pytest.mark.parametrize(
+    "arch, settings, expected_layers",
+    [
+        ("resnet18", {"num_images": 2}, ["layer1", "layer2", "layer3", "layer4"]),  # each figure takes ~1 s to draw
+        ("inception_v3", {"num_images": 1, "top_k": 4}, ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]),
+    ],
+)
 def test_feature_maps_show_the_most_active_channels(arch, settings, expected_layers, checkpoints, index, tmp_path):
     files = render_feature_maps(checkpoints[arch], index, tmp_path, **settings)
     num_images, top_k = settings["num_images"], settings.get("top_k", 8)
@@ -159,8 +191,12 @@ def test_feature_maps_show_the_most_active_channels(arch, settings, expected_lay
     transform = build_transform(config, train=False)
     inputs = torch.stack([transform(source.load(int(i))) for i in saved["indices"]])
     recorded = {}
-    hooks = [model.get_submodule(layer).register_forward_hook(lambda m, a, out, layer=layer: recorded.__setitem__(layer, out.clone()))
-             for layer in expected_layers]
+    hooks = [
+        model.get_submodule(layer).register_forward_hook(
+            lambda m, a, out, layer=layer: recorded.__setitem__(layer, out.clone())
+        )
+        for layer in expected_layers
+    ]
     try:
         with torch.no_grad():
             predicted = model(inputs).argmax(dim=1)
@@ -175,24 +211,38 @@ def test_feature_maps_show_the_most_active_channels(arch, settings, expected_lay
         assert channels.shape == (num_images, top_k)
         assert set(map(tuple, np.sort(channels, axis=1).tolist())) == expected
         for n in range(num_images):  # the listed means are the channels' means, largest first
-            np.testing.assert_allclose(saved[f"{layer}/top_means"][n], means[n, channels[n]].numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                saved[f"{layer}/top_means"][n], means[n, channels[n]].numpy(), rtol=1e-5, atol=1e-6
+            )
             assert (np.diff(saved[f"{layer}/top_means"][n]) <= 0).all()
-            np.testing.assert_allclose(saved[f"{layer}/top_maps"][n], recorded[layer][n, channels[n]].numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                saved[f"{layer}/top_maps"][n], recorded[layer][n, channels[n]].numpy(), rtol=1e-5, atol=1e-6
+            )
     assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_unknown_feature_layer_is_named(checkpoints, index, tmp_path):
-    with pytest.raises(UserError, match=r"unknown layer 'layer5' in ResNet; did you mean 'layer4'\? valid layers: .*layer4"):
+    with pytest.raises(
+        UserError, match=r"unknown layer 'layer5' in ResNet; did you mean 'layer4'\? valid layers: .*layer4"
+    ):
         render_feature_maps(checkpoints["resnet18"], index, tmp_path, layers=["layer5"])
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "inception_v3"])
 def test_training_figures_from_real_metrics(arch, checkpoints, index, tmp_path):
     metrics = tmp_path / "metrics.json"
-    evaluate_model(checkpoints[arch], index, metrics, tmp_path / "predictions.csv", tmp_path / "timings.json", device="cpu")
+    evaluate_model(
+        checkpoints[arch], index, metrics, tmp_path / "predictions.csv", tmp_path / "timings.json", device="cpu"
+    )
     files = render_training(checkpoints[arch], metrics, tmp_path / "figs")
-    assert [f.name for f in files] == ["training_curves.png", "training_curves.csv", "confusion_matrix.png",
-                                       "confusion_matrix.npz", "per_class_accuracy.png", "per_class_accuracy.csv"]
+    assert [f.name for f in files] == [
+        "training_curves.png",
+        "training_curves.csv",
+        "confusion_matrix.png",
+        "confusion_matrix.npz",
+        "per_class_accuracy.png",
+        "per_class_accuracy.csv",
+    ]
     assert_pngs(files)
     test = json.loads(metrics.read_text())["splits"]["test"]
     saved = np.load(tmp_path / "figs" / "confusion_matrix.npz")
@@ -212,8 +262,17 @@ def test_training_figures_with_many_classes(checkpoints, tmp_path):
     checkpoint.update(classes=classes, num_classes=257, state_dict={})
     torch.save(checkpoint, tmp_path / "many.pt")
     counts = np.diag(np.arange(1, 258)) + 1
-    metrics = {"splits": {"test": {"n": int(counts.sum()), "top1": 0.5, "top5": 0.9, "confusion_matrix": counts.tolist(),
-                                   "per_class_accuracy": {c: float(counts[i, i] / counts[i].sum()) for i, c in enumerate(classes)}}}}
+    metrics = {
+        "splits": {
+            "test": {
+                "n": int(counts.sum()),
+                "top1": 0.5,
+                "top5": 0.9,
+                "confusion_matrix": counts.tolist(),
+                "per_class_accuracy": {c: float(counts[i, i] / counts[i].sum()) for i, c in enumerate(classes)},
+            }
+        }
+    }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     files = render_training(tmp_path / "many.pt", tmp_path / "metrics.json", tmp_path / "figs")
     assert_pngs(files)

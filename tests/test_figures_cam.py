@@ -15,16 +15,14 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from convscope.errors import UserError
 from convscope.cam import grad_cam
 from convscope.config import ModelConfig, load_config
-from convscope.data import ArraySource, ImageSource, open_split, prepare_dataset, read_index, shapes
+from convscope.data import ArraySource, ImageSource, open_split, prepare_dataset, read_index, sample_indices, shapes
+from convscope.errors import UserError
 from convscope.evaluation import evaluate_model
 from convscope.figures.failures import render_failures
-from convscope.data import sample_indices
 from convscope.figures.gradcam import render_gradcam
-from convscope.models import default_cam_layers
-from convscope.models import model_from_checkpoint
+from convscope.models import default_cam_layers, model_from_checkpoint
 from convscope.training import load_checkpoint
 from convscope.transforms import build_transform
 
@@ -34,7 +32,10 @@ SHAPES = {"image_size": 32, "train_per_class": 4, "test_per_class": 3}
 # ResNet at the images' own 32 px (mask geometry is the identity); Inception needs >= 75 px, so its transform
 # resizes 32 → 80 and the masks are resized with it. The deepest default layers are 1×1 at these sizes (constant
 # maps, no energy share), so the failures use one stage shallower.
-RUNS = {"resnet18": {"input_size": 32, "layer": "layer3", "num_images": 4}, "inception_v3": {"input_size": 80, "layer": "Mixed_6e", "num_images": 2}}
+RUNS = {
+    "resnet18": {"input_size": 32, "layer": "layer3", "num_images": 4},
+    "inception_v3": {"input_size": 80, "layer": "Mixed_6e", "num_images": 2},
+}
 K = 3
 
 
@@ -45,9 +46,14 @@ def index_path(tmp_path_factory) -> Path:
     return out / "index.json"
 
 
-def make_checkpoint(folder: Path, index_path: Path, arch: str, seed: int, input_size: int, blank: bool = False) -> tuple[Path, Path]:
+def make_checkpoint(
+    folder: Path, index_path: Path, arch: str, seed: int, input_size: int, blank: bool = False
+) -> tuple[Path, Path]:
     """A random-weights checkpoint in the convscope contract, and its predictions.csv from evaluate_model."""
-    raw = {"dataset": {"shapes": SHAPES}, "models": [{"name": f"{arch}_{seed}", "arch": arch, "input_size": input_size, "aux_logits": False}]}
+    raw = {
+        "dataset": {"shapes": SHAPES},
+        "models": [{"name": f"{arch}_{seed}", "arch": arch, "input_size": input_size, "aux_logits": False}],
+    }
     config = load_config(raw).models[0]
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
@@ -62,11 +68,21 @@ def make_checkpoint(folder: Path, index_path: Path, arch: str, seed: int, input_
             model.fc.bias.zero_()
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "checkpoint.pt"
-    torch.save({
-        "state_dict": model.state_dict(), "arch": arch, "num_classes": 10, "classes": list(shapes.CLASSES), "input_size": input_size,
-        "mean": list(config.preprocessing.mean), "std": list(config.preprocessing.std), "epoch": 0,
-        "config": dataclasses.asdict(config), "history": [],
-    }, checkpoint)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "arch": arch,
+            "num_classes": 10,
+            "classes": list(shapes.CLASSES),
+            "input_size": input_size,
+            "mean": list(config.preprocessing.mean),
+            "std": list(config.preprocessing.std),
+            "epoch": 0,
+            "config": dataclasses.asdict(config),
+            "history": [],
+        },
+        checkpoint,
+    )
     predictions = folder / "predictions.csv"
     evaluate_model(checkpoint, index_path, folder / "metrics.json", predictions, folder / "timings.json", device="cpu")
     return checkpoint, predictions
@@ -85,8 +101,16 @@ def render_run(arch: str, index_path: Path, folder: Path) -> dict:
     gradcam = render_gradcam(checkpoint, index_path, folder / "figs", num_images=options["num_images"])
     failures = render_failures(checkpoint, index_path, predictions, folder / "figs", k=K, layer=options["layer"])
     model = model_from_checkpoint(load_checkpoint(checkpoint))
-    return {"arch": arch, "folder": folder, "checkpoint": checkpoint, "predictions": predictions, "model": model,
-            "gradcam": gradcam, "failures": failures, **options}
+    return {
+        "arch": arch,
+        "folder": folder,
+        "checkpoint": checkpoint,
+        "predictions": predictions,
+        "model": model,
+        "gradcam": gradcam,
+        "failures": failures,
+        **options,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +130,35 @@ def run(request) -> dict:
 
 def test_default_cam_layers():
     with torch.device("meta"):  # only module names are needed
-        models = {arch: torchvision.models.get_model(arch, num_classes=10) for arch in ("resnet18", "mobilenet_v3_small", "densenet121")}
+        models = {
+            arch: torchvision.models.get_model(arch, num_classes=10)
+            for arch in ("resnet18", "mobilenet_v3_small", "densenet121")
+        }
         models["inception_v3"] = torchvision.models.inception_v3(num_classes=10, aux_logits=False, init_weights=False)
-        models["plain"] = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        models["plain"] = nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 2),
+        )
     assert default_cam_layers(models["resnet18"], "resnet18") == ["layer1", "layer2", "layer3", "layer4"]
     assert default_cam_layers(models["inception_v3"], "inception_v3") == ["Mixed_5d", "Mixed_6e", "Mixed_7c"]
-    assert default_cam_layers(models["mobilenet_v3_small"], "mobilenet_v3_small") == ["features.2", "features.5", "features.8", "features.12"]
+    assert default_cam_layers(models["mobilenet_v3_small"], "mobilenet_v3_small") == [
+        "features.2",
+        "features.5",
+        "features.8",
+        "features.12",
+    ]
     # DenseNet's last child is a BatchNorm: it stays the last column, the spacing skips pool/relu children.
-    assert default_cam_layers(models["densenet121"], "densenet121") == ["features.denseblock1", "features.denseblock2", "features.denseblock3", "features.norm5"]
+    assert default_cam_layers(models["densenet121"], "densenet121") == [
+        "features.denseblock1",
+        "features.denseblock2",
+        "features.denseblock3",
+        "features.norm5",
+    ]
     assert default_cam_layers(models["plain"], "plain") == ["2"]
 
 
@@ -125,11 +170,18 @@ def test_sample_indices_round_robin_over_classes():
 
 def test_gradcam_npz_contract_and_engine(run, index_path):
     folder = run["folder"] / "figs"
-    assert sorted(p.name for p in run["gradcam"]) == ["gradcam.npz", "gradcam_classes.npz", "gradcam_classes.png", "gradcam_layers.png"]
+    assert sorted(p.name for p in run["gradcam"]) == [
+        "gradcam.npz",
+        "gradcam_classes.npz",
+        "gradcam_classes.png",
+        "gradcam_layers.png",
+    ]
     layers = default_cam_layers(run["model"], run["arch"])
     with np.load(folder / "gradcam.npz") as npz:
         arrays = {key: npz[key] for key in npz.files}
-    assert set(arrays) == {"inputs", "targets", "labels", "layers"} | {f"{kind}_{layer}" for layer in layers for kind in ("cam", "flags")}
+    assert set(arrays) == {"inputs", "targets", "labels", "layers"} | {
+        f"{kind}_{layer}" for layer in layers for kind in ("cam", "flags")
+    }
     n, size = run["num_images"], run["input_size"]
     assert arrays["layers"].tolist() == layers
     assert arrays["inputs"].shape == (n, 3, size, size) and arrays["inputs"].dtype == np.float32
@@ -150,7 +202,9 @@ def test_gradcam_npz_contract_and_engine(run, index_path):
         cam = arrays[f"cam_{layer}"]
         assert cam.shape == (n, size, size) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() <= 1
         np.testing.assert_allclose(cam, direct.maps[layer].numpy(), atol=1e-6, rtol=0)
-        assert arrays[f"flags_{layer}"].dtype == bool and arrays[f"flags_{layer}"].tolist() == direct.flags[layer].tolist()
+        assert (
+            arrays[f"flags_{layer}"].dtype == bool and arrays[f"flags_{layer}"].tolist() == direct.flags[layer].tolist()
+        )
 
     with np.load(folder / "gradcam_classes.npz") as classes:
         assert classes["layer"].item() == layers[-1]
@@ -167,8 +221,14 @@ def test_correct_only_explains_correctly_classified_images(resnet_run, index_pat
     rows = pd.read_csv(resnet_run["predictions"]).query("split == 'test'").sort_values("index")
     correct = rows[rows["pred"] == rows["label"]]
     assert 0 < len(correct) < len(rows)  # random weights: some right, some wrong, so the filter matters
-    render_gradcam(resnet_run["checkpoint"], index_path, tmp_path, num_images=4, correct_only=True,
-                   predictions_path=resnet_run["predictions"])
+    render_gradcam(
+        resnet_run["checkpoint"],
+        index_path,
+        tmp_path,
+        num_images=4,
+        correct_only=True,
+        predictions_path=resnet_run["predictions"],
+    )
     with np.load(tmp_path / "gradcam.npz") as arrays:
         assert arrays["targets"].tolist() == arrays["labels"].tolist()
         expected = correct["index"].to_numpy()[sample_indices(correct["label"].tolist(), 4)]
@@ -179,7 +239,12 @@ def test_correct_only_explains_correctly_classified_images(resnet_run, index_pat
 
 def test_failures_are_the_most_confident_and_energy_is_by_hand(run, index_path):
     folder = run["folder"] / "figs"
-    assert sorted(p.name for p in run["failures"]) == ["failure_energy.png", "failures.json", "failures.npz", "failures.png"]
+    assert sorted(p.name for p in run["failures"]) == [
+        "failure_energy.png",
+        "failures.json",
+        "failures.npz",
+        "failures.png",
+    ]
     report = json.loads((folder / "failures.json").read_text())
     test = pd.read_csv(run["predictions"]).query("split == 'test'")
     wrong = test[test["pred"] != test["label"]]
@@ -206,7 +271,9 @@ def test_failures_are_the_most_confident_and_energy_is_by_hand(run, index_path):
         assert first[f"energy_in_mask_{kind}"] == (None if share is None else pytest.approx(share, abs=1e-5))
 
     stats = report["energy_in_mask"]
-    assert set(stats) == {"correct", "misclassified"} and stats["correct"]["n"] + stats["misclassified"]["n"] <= len(source)
+    assert set(stats) == {"correct", "misclassified"} and stats["correct"]["n"] + stats["misclassified"]["n"] <= len(
+        source
+    )
     assert stats["misclassified"]["n"] > 0 and 0 <= stats["misclassified"]["mean"] <= 1
     with np.load(folder / "failures.npz") as npz:
         assert npz["indices"].tolist() == [f["index"] for f in report["failures"]]
@@ -237,7 +304,9 @@ def test_blank_maps_are_flagged_panels(index_path, tmp_path):
         for layer in npz["layers"]:
             assert npz[f"flags_{layer}"].all() and not npz[f"cam_{layer}"].any()
     pixels = np.asarray(Image.open(tmp_path / "gradcam_layers.png").convert("RGB"))
-    assert (np.abs(pixels.astype(int) - 191) <= 2).all(-1).mean() > 0.2  # the grey (0.75) panels fill much of the figure
+    assert (np.abs(pixels.astype(int) - 191) <= 2).all(
+        -1
+    ).mean() > 0.2  # the grey (0.75) panels fill much of the figure
 
     render_failures(checkpoint, index_path, predictions, tmp_path, k=2)
     report = json.loads((tmp_path / "failures.json").read_text())
@@ -263,7 +332,9 @@ def test_no_misclassifications_and_bad_layers(resnet_run, index_path, tmp_path):
 
 def test_dataset_without_masks(resnet_run, index_path, tmp_path, monkeypatch):
     monkeypatch.setattr(ArraySource, "mask", lambda self, i: None)  # as CIFAR-10 and image folders
-    paths = render_failures(resnet_run["checkpoint"], index_path, resnet_run["predictions"], tmp_path, k=2, layer="layer3")
+    paths = render_failures(
+        resnet_run["checkpoint"], index_path, resnet_run["predictions"], tmp_path, k=2, layer="layer3"
+    )
     assert [p.name for p in paths] == ["failures.png", "failures.npz", "failures.json"]
     report = json.loads((tmp_path / "failures.json").read_text())
     assert report["energy_in_mask"] is None and report["failures"][0]["energy_in_mask_true"] is None

@@ -34,6 +34,7 @@ def test_full_disk_names_the_path_and_leaves_no_temporary(tmp_path):
 def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     # Both torch.save to a file and the buffered write below report ENOSPC; ours names the cause and cleans up.
     import convscope.io as io_module
+
     real = io_module.tempfile.NamedTemporaryFile
     monkeypatch.setattr(io_module.tempfile, "NamedTemporaryFile", lambda **kw: _Wrapped(real(**kw)))
     with pytest.raises(ArtifactError, match="resume.pt': No space left on device"):
@@ -53,6 +54,7 @@ def test_a_failing_writer_keeps_its_error_and_removes_the_temporary(tmp_path):
     def bug(f):
         f.write(b"half")
         raise ValueError("a bug")
+
     with pytest.raises(ValueError, match="a bug"):
         write_atomic(tmp_path / "x.bin", bug)
     assert list(tmp_path.iterdir()) == []

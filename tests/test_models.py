@@ -1,14 +1,25 @@
 import pytest
 import torch
 import torchvision
-
 from conftest import tiny_config
+
 from convscope.config import CLASSIFICATION_ARCHS, min_input_size
 from convscope.models import WeightsError, build_model, head_keys, head_parameter_names
 
 # One or two of each family the figures support; each at the smallest input it accepts.
-ARCHS = ["resnet18", "resnet50", "inception_v3", "vgg11_bn", "densenet121", "mobilenet_v3_small",
-         "efficientnet_b0", "shufflenet_v2_x0_5", "regnet_y_400mf", "squeezenet1_1", "convnext_tiny"]
+ARCHS = [
+    "resnet18",
+    "resnet50",
+    "inception_v3",
+    "vgg11_bn",
+    "densenet121",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "shufflenet_v2_x0_5",
+    "regnet_y_400mf",
+    "squeezenet1_1",
+    "convnext_tiny",
+]
 
 
 def test_arch_list_matches_the_installed_torchvision():
@@ -68,13 +79,17 @@ def test_same_class_count_keeps_the_head(tmp_path):
 
 def test_imagenet_weights_missing_names_the_cache_file(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsError, match=r"ImageNet weights for resnet18 not found at .*checkpoints/resnet18-[0-9a-f]+\.pth; download https://"):
+    with pytest.raises(
+        WeightsError,
+        match=r"ImageNet weights for resnet18 not found at .*checkpoints/resnet18-[0-9a-f]+\.pth; download https://",
+    ):
         build_model(tiny_config(weights="imagenet"), num_classes=10)
 
 
 def test_imagenet_weights_come_from_the_local_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     from convscope.models import imagenet_weights_path
+
     source = torchvision.models.resnet18()
     path = imagenet_weights_path("resnet18")
     path.parent.mkdir(parents=True)
@@ -85,7 +100,10 @@ def test_imagenet_weights_come_from_the_local_cache(monkeypatch, tmp_path):
 
 def test_model_kwargs_rebuild_pretrained_inception_with_plain_torchvision(tmp_path):
     from convscope.models import model_kwargs
-    source = torchvision.models.get_model("inception_v3", weights=None, num_classes=1000, aux_logits=True, init_weights=False)
+
+    source = torchvision.models.get_model(
+        "inception_v3", weights=None, num_classes=1000, aux_logits=True, init_weights=False
+    )
     torch.save(source.state_dict(), tmp_path / "w.pth")
     config = tiny_config(arch="inception_v3", input_size=299, weights=str(tmp_path / "w.pth"))
     ours = build_model(config, num_classes=3).eval()

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from convscope.report.render import render_report
 from test_report_render import _project
 
+from convscope.report.render import render_report
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
-                                reason="headless Chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true",
+    reason="headless Chromium is not installed (apt-get install chromium)",
+)
 
 PROBE = """<script>
 window.addEventListener("load", () => {

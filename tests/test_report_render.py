@@ -10,9 +10,9 @@ from __future__ import annotations
 import html as htmllib
 import json
 import os
+import re
 import stat
 import sys
-import re
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,11 @@ pytest.importorskip("pypandoc")
 typst = pytest.importorskip("typst")
 from PIL import Image  # noqa: E402
 
-from convscope.report.render import ReportError, check, render_report
+from convscope.report.render import ReportError, check, render_report  # noqa: E402
 from convscope.report.sources import md as escape_markdown  # noqa: E402
 
 SPECIAL = "a*b_c#d$e@f<g|h"
-TORTURE = 'x [y] `t` \\ ~z -- w ... //c "q" \'s\' {{< var special >}} 1. + #h = *e* _u_ ^p^ ~s~ &amp;'
+TORTURE = "x [y] `t` \\ ~z -- w ... //c \"q\" 's' {{< var special >}} 1. + #h = *e* _u_ ^p^ ~s~ &amp;"
 LONG_LINE = "model.layer4.1.conv2 = " + "torch.nn.Conv2d(512, 512, kernel_size=3)" * 4 + "/" + "x" * 120
 
 MAIN = f"""\
@@ -178,10 +178,15 @@ def test_outputs_written(rendered):
 def test_html_numbering_and_references(rendered):
     _, out = rendered
     page = out["html"].read_text()
-    captions = [htmllib.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<figcaption[^>]*>(.*?)</figcaption>", page, re.S)]
+    captions = [
+        htmllib.unescape(re.sub(r"<[^>]+>", "", c))
+        for c in re.findall(r"<figcaption[^>]*>(.*?)</figcaption>", page, re.S)
+    ]
     assert captions == [f"Figure 1: First caption with {SPECIAL}", "Figure 2: Second caption"]
     assert page.index('id="fig-first"') < page.index('id="fig-second"')
-    tables = [htmllib.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<caption>(.*?)</caption>", page, re.S)]
+    tables = [
+        htmllib.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<caption>(.*?)</caption>", page, re.S)
+    ]
     assert tables == ["Table 1: First table", f"Table 2: Second table with {SPECIAL}"]
     assert re.search(r'<table[^>]*id="tbl-first"', page) and re.search(r'<table[^>]*id="tbl-second"', page)
     links = re.findall(r'<a href="#((?:fig|tbl)-[^"]+)"[^>]*>(.*?)</a>', page)
@@ -199,7 +204,7 @@ def test_html_self_contained_and_literal(rendered):
     sources = re.findall(r'<img[^>]*\bsrc="([^"]*)"', page)
     assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.findall(r'\bsrc="(?!data:)', page)
-    assert not re.search(r'<link[^>]*stylesheet', page)  # CSS inlined
+    assert not re.search(r"<link[^>]*stylesheet", page)  # CSS inlined
     assert re.search(r'style="width:80(\.0)?%', page) and re.search(r'style="width:50(\.0)?%', page)
     text = " ".join(htmllib.unescape(re.sub(r"<[^>]+>", "", page)).split())
     assert f"A class: {SPECIAL}." in text  # a variable
@@ -282,16 +287,29 @@ ERRORS = {
     "unknown shortcode": ("Text\n\n{{< video x.mp4 >}}\n", {}, "report.qmd:3", "video"),
     "callout": ("::: {.callout-note}\nHi\n:::\n", {}, "report.qmd:1", ":::"),
     "raw html": ("Some <b>bold</b>.\n", {}, "report.qmd:1", "raw HTML"),
-    "error in include": ("Intro\n\n{{< include part.qmd >}}\n", {"part.qmd": "x\n\ny {{< var nope >}}\n"}, "part.qmd:3", "nope"),
+    "error in include": (
+        "Intro\n\n{{< include part.qmd >}}\n",
+        {"part.qmd": "x\n\ny {{< var nope >}}\n"},
+        "part.qmd:3",
+        "nope",
+    ),
     "figure not alone": ("Text ![c](_generated/first.png){#fig-a}\n", {}, "report.qmd:1", "#fig-a"),
     "missing image": ("![c](_generated/nope.png){#fig-a}\n", {}, "report.qmd:1", "nope.png"),
-    "duplicate label": ("![a](_generated/first.png){#fig-a}\n\n![b](_generated/second.png){#fig-a}\n", {},
-                        "report.qmd:3", "already used at"),
+    "duplicate label": (
+        "![a](_generated/first.png){#fig-a}\n\n![b](_generated/second.png){#fig-a}\n",
+        {},
+        "report.qmd:3",
+        "already used at",
+    ),
     "raw tex": ("Text\n\nSome \\textbf{bold}.\n", {}, "report.qmd:3", "raw TEX"),
     "span": ("A [word]{.mark} here.\n", {}, "report.qmd:1", "bracketed spans"),
     "heading class": ("# Title {.smaller}\n", {}, "report.qmd:1", ".smaller"),
-    "front matter in include": ("Intro\n\n{{< include part.qmd >}}\n", {"part.qmd": "---\ntitle: x\n---\n\nBody\n"},
-                                "part.qmd:1", "front matter"),
+    "front matter in include": (
+        "Intro\n\n{{< include part.qmd >}}\n",
+        {"part.qmd": "---\ntitle: x\n---\n\nBody\n"},
+        "part.qmd:1",
+        "front matter",
+    ),
 }
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from convscope.errors import ReportError
 from convscope.report.sources import FigureCopier, dataset_data, plural, table, templates
 
@@ -14,8 +14,12 @@ SPECIAL = "a*b_c#d$e@f<g|h"
 
 
 def _dataset(tmp_path: Path, skipped: list[str], classes: list[str]) -> str:
-    index = {"kind": "imagefolder", "classes": classes, "skipped": skipped,
-             "labels": {"train": [0] * 3, "val": [0], "test": [0, 0]}}
+    index = {
+        "kind": "imagefolder",
+        "classes": classes,
+        "skipped": skipped,
+        "labels": {"train": [0] * 3, "val": [0], "test": [0, 0]},
+    }
     env = templates(REPO / "report/templates", FigureCopier(tmp_path, "_generated"))
     text = env.get_template("dataset.qmd.j2").render(data=dataset_data(index, {"root": "data/raw/x"}))
     return " ".join(text.split())
@@ -23,7 +27,11 @@ def _dataset(tmp_path: Path, skipped: list[str], classes: list[str]) -> str:
 
 def test_plural_follows_the_count():
     assert [plural(1, "model"), plural(2, "model"), plural(0, "epoch"), plural(1, "class", "classes")] == [
-        "1 model", "2 models", "0 epochs", "1 class"]
+        "1 model",
+        "2 models",
+        "0 epochs",
+        "1 class",
+    ]
 
 
 def test_dataset_section_escapes_class_names_and_names_skipped_files(tmp_path):
@@ -46,8 +54,15 @@ def test_a_broken_template_is_one_line_naming_it(tmp_path):
     folder.mkdir()
     (folder / "comparison.qmd.j2").write_text("line one\n{{ table( }}\n")
     with pytest.raises(ReportError, match=r"comparison\.qmd\.j2:2: .*fix the template$") as err:
-        sources.write_sources([], {"dataset": {}}, _index(tmp_path), tmp_path / "report/_generated",
-                              tmp_path / "report/_variables.yml", tmp_path, templates_dir=folder)
+        sources.write_sources(
+            [],
+            {"dataset": {}},
+            _index(tmp_path),
+            tmp_path / "report/_generated",
+            tmp_path / "report/_variables.yml",
+            tmp_path,
+            templates_dir=folder,
+        )
     assert "\n" not in str(err.value) and not (tmp_path / "report/_generated").exists()
 
 

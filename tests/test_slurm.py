@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, write_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -18,7 +17,16 @@ CPUS = ["--set-threads", "train=2", "evaluate=2", "explain=2", "figures=2"]
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=1200)
 
 
@@ -39,8 +47,14 @@ def cluster() -> None:
 
 def test_build_on_slurm_matches_local_build(cluster, tmp_path):
     on_slurm = workdir(tmp_path / "slurm")
-    result = snakemake(on_slurm, "--workflow-profile", str(REPO / "profiles/slurm"), *CPUS,
-                       "--slurm-init-seconds-before-status-checks", "5")
+    result = snakemake(
+        on_slurm,
+        "--workflow-profile",
+        str(REPO / "profiles/slurm"),
+        *CPUS,
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+    )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     remote_jobs = re.findall(r"^rule (\w+):", log, re.MULTILINE)

@@ -8,13 +8,12 @@ import os
 import re
 import shutil
 import subprocess
-import zipfile
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TINY, write_yaml
 
 pytestmark = pytest.mark.slow
@@ -30,7 +29,9 @@ TWO_MODELS = {
 def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     environment = None if env is None else {**os.environ, **env}
-    return subprocess.run([*command, "--cores", "2", *args], capture_output=True, text=True, timeout=600, env=environment)
+    return subprocess.run(
+        [*command, "--cores", "2", *args], capture_output=True, text=True, timeout=600, env=environment
+    )
 
 
 def planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> list[str]:
@@ -43,7 +44,9 @@ def planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> list[str
         if rule:
             line = re.search(r"wildcards: (.*)", block)
             wildcards = dict(re.findall(r"(\w+)=([\w-]+)", line.group(1))) if line else {}
-            jobs.append(" ".join([rule.group(1), "/".join(wildcards[k] for k in ("model", "family") if k in wildcards)]).strip())
+            jobs.append(
+                " ".join([rule.group(1), "/".join(wildcards[k] for k in ("model", "family") if k in wildcards)]).strip()
+            )
     return sorted(jobs)
 
 
@@ -58,6 +61,7 @@ def with_config(workdir: Path, config: dict):
             yield
         finally:
             write_yaml(workdir / "config/config.yaml", TWO_MODELS)
+
     return swapped()
 
 
@@ -100,7 +104,10 @@ def test_changing_a_gradcam_option_reruns_only_cam_figures_and_the_report(built)
     with with_config(built, {**TWO_MODELS, "figures": {"gradcam": {"cmap": "magma"}}}):
         jobs = planned_jobs(built)
     # The explanation figures draw their heatmaps with the Grad-CAM colours, so they follow too.
-    expected = [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")] + ["explain tiny", "explain second"]
+    expected = [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")] + [
+        "explain tiny",
+        "explain second",
+    ]
     assert jobs == sorted(["all", *REPORT_JOBS, *expected])
 
 
@@ -188,8 +195,14 @@ def test_invalid_config_fails_before_any_job(built, tmp_path):
 
 # --- code dependencies: computed from the imports (convscope.codedeps) -----------------------------------------
 
-LOG_KINDS = {"prepare_data": "prepare_data", "train": "train", "evaluate": "evaluate", "explain": "explain",
-             "sources": "report_sources", "render": "render_report"}
+LOG_KINDS = {
+    "prepare_data": "prepare_data",
+    "train": "train",
+    "evaluate": "evaluate",
+    "explain": "explain",
+    "sources": "report_sources",
+    "render": "render_report",
+}
 
 
 def job_closures(package: Path) -> dict[str, set[str]]:
@@ -204,8 +217,13 @@ def job_closures(package: Path) -> dict[str, set[str]]:
         "print(json.dumps({k: sorted(v) for k, v in kinds.items()}))\n"
     )
     kinds = sorted(set(LOG_KINDS.values()))
-    result = subprocess.run([sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds], capture_output=True,
-                            text=True, check=True, env={**os.environ, "PYTHONPATH": str(package.parent)})
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(package.parent)},
+    )
     return {kind: set(modules) for kind, modules in json.loads(result.stdout).items()}
 
 
@@ -234,8 +252,11 @@ def with_readers(kinds: set[str]) -> set[str]:
 def rerun_kinds(workdir: Path, package: Path) -> set[str]:
     """The job kinds a dry run with ``package`` first on PYTHONPATH would run."""
     jobs = planned_jobs(workdir, env={"PYTHONPATH": str(package.parent)})
-    return {job.split()[0] if job.split()[0] != "figures" else "figures/" + job.split()[1].split("/")[1]
-            for job in jobs if job != "all"}
+    return {
+        job.split()[0] if job.split()[0] != "figures" else "figures/" + job.split()[1].split("/")[1]
+        for job in jobs
+        if job != "all"
+    }
 
 
 def fingerprints(package: Path) -> dict[str, str]:
@@ -250,8 +271,13 @@ def fingerprints(package: Path) -> dict[str, str]:
         "print(json.dumps(out))\n"
     )
     kinds = sorted(set(LOG_KINDS.values()))
-    result = subprocess.run([sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds], capture_output=True,
-                            text=True, check=True, env={**os.environ, "PYTHONPATH": str(package.parent)})
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(package.parent)},
+    )
     return json.loads(result.stdout)
 
 

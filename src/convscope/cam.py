@@ -29,6 +29,9 @@ METHODS = ("gradcam", "gradcam++", "layercam")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
 
 
+def shape_of(value: object) -> str:
+    """A tensor's shape, or another value's type name, for error messages."""
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
 class ActivationRecorder:
@@ -134,8 +137,6 @@ def _minmax(maps: Tensor) -> Tensor:
     return (maps - low) / (maps.amax((1, 2), keepdim=True) - low + 1e-7)
 
 
-
-
 def grad_cam(
     model: nn.Module,
     inputs: Tensor,
@@ -162,7 +163,7 @@ def grad_cam(
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
+        raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {shape_of(inputs)}")
     if torch.is_inference_mode_enabled():
         raise ValueError("grad_cam needs gradients; call it outside torch.inference_mode()")
     n, size = inputs.shape[0], tuple(inputs.shape[-2:])
@@ -183,7 +184,13 @@ def grad_cam(
         for name in recorder.layers:
             out = recorder.outputs.get(name)
             if not isinstance(out, Tensor) or out.dim() != 4:
-                got = "it did not run" if out is None else tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                got = (
+                    "it did not run"
+                    if out is None
+                    else tuple(out.shape)
+                    if isinstance(out, Tensor)
+                    else type(out).__name__
+                )
                 raise ValueError(f"layer {name!r} must output an N×C×h×w tensor in the forward pass; got {got}")
         k = logits.shape[1]
         targets = logits.detach().argmax(1) if targets is None else targets.to(device=logits.device, dtype=torch.long)

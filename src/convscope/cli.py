@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             prepare(config.dataset, index)
         else:
             model = config.model(args.model)
-            files = {key: getattr(paths, key).format(model=model.name) for key in ("CHECKPOINT", "HISTORY", "METRICS", "PREDICTIONS", "TIMINGS")}
+            files = {
+                key: getattr(paths, key).format(model=model.name)
+                for key in ("CHECKPOINT", "HISTORY", "METRICS", "PREDICTIONS", "TIMINGS")
+            }
             if args.step == "train":
                 outputs.extend([files["CHECKPOINT"], files["HISTORY"]])
                 from convscope.training import train
@@ -52,8 +55,15 @@ def main(argv: list[str] | None = None) -> int:
                 outputs.extend([files["METRICS"], files["PREDICTIONS"], files["TIMINGS"]])
                 from convscope.evaluation import evaluate
 
-                evaluate(config.runtime, index, files["CHECKPOINT"], files["METRICS"], files["PREDICTIONS"],
-                         files["TIMINGS"], args.threads)
+                evaluate(
+                    config.runtime,
+                    index,
+                    files["CHECKPOINT"],
+                    files["METRICS"],
+                    files["PREDICTIONS"],
+                    files["TIMINGS"],
+                    args.threads,
+                )
 
     return jobs.guarded(step, outputs)
 

@@ -244,18 +244,86 @@ class Config:
 # importing torchvision to validate the config costs ~3 s on every snakemake start, no-op reruns included;
 # tests/test_models.py fails when it drifts from the installed torchvision.
 CLASSIFICATION_ARCHS: tuple[str, ...] = (
-    "alexnet", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny", "densenet121", "densenet161",
-    "densenet169", "densenet201", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
-    "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_l",
-    "efficientnet_v2_m", "efficientnet_v2_s", "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mnasnet0_75",
-    "mnasnet1_0", "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_16gf",
-    "regnet_x_1_6gf", "regnet_x_32gf", "regnet_x_3_2gf", "regnet_x_400mf", "regnet_x_800mf", "regnet_x_8gf",
-    "regnet_y_128gf", "regnet_y_16gf", "regnet_y_1_6gf", "regnet_y_32gf", "regnet_y_3_2gf", "regnet_y_400mf",
-    "regnet_y_800mf", "regnet_y_8gf", "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",
-    "resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
-    "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0", "squeezenet1_1", "swin_b", "swin_s", "swin_t",
-    "swin_v2_b", "swin_v2_s", "swin_v2_t", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
-    "vgg19_bn", "vit_b_16", "vit_b_32", "vit_h_14", "vit_l_16", "vit_l_32", "wide_resnet101_2", "wide_resnet50_2",
+    "alexnet",
+    "convnext_base",
+    "convnext_large",
+    "convnext_small",
+    "convnext_tiny",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_v2_l",
+    "efficientnet_v2_m",
+    "efficientnet_v2_s",
+    "googlenet",
+    "inception_v3",
+    "maxvit_t",
+    "mnasnet0_5",
+    "mnasnet0_75",
+    "mnasnet1_0",
+    "mnasnet1_3",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "regnet_x_16gf",
+    "regnet_x_1_6gf",
+    "regnet_x_32gf",
+    "regnet_x_3_2gf",
+    "regnet_x_400mf",
+    "regnet_x_800mf",
+    "regnet_x_8gf",
+    "regnet_y_128gf",
+    "regnet_y_16gf",
+    "regnet_y_1_6gf",
+    "regnet_y_32gf",
+    "regnet_y_3_2gf",
+    "regnet_y_400mf",
+    "regnet_y_800mf",
+    "regnet_y_8gf",
+    "resnet101",
+    "resnet152",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "resnext50_32x4d",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "swin_b",
+    "swin_s",
+    "swin_t",
+    "swin_v2_b",
+    "swin_v2_s",
+    "swin_v2_t",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "vit_b_16",
+    "vit_b_32",
+    "vit_h_14",
+    "vit_l_16",
+    "vit_l_32",
+    "wide_resnet101_2",
+    "wide_resnet50_2",
 )
 
 
@@ -269,15 +337,30 @@ def min_input_size(model: ModelConfig) -> int:
 def _check_model(index: int, model: ModelConfig) -> None:
     key = f"config models[{index}]"
     if model.arch not in CLASSIFICATION_ARCHS:
-        raise ConfigError(f"{key}.arch = {model.arch!r} is not a torchvision classification model; choose one of: {', '.join(CLASSIFICATION_ARCHS)}")
+        raise ConfigError(
+            f"{key}.arch = {model.arch!r} is not a torchvision classification "
+            f"model; choose one of: {', '.join(CLASSIFICATION_ARCHS)}"
+        )
     if model.input_size < min_input_size(model):
-        fix = "set aux_logits: false (needs >= 75) or raise input_size" if model.arch == "inception_v3" and model.aux_logits else "raise input_size"
-        raise ConfigError(f"{key}.input_size = {model.input_size} is too small for {model.arch} (needs >= {min_input_size(model)}); {fix}")
+        fix = (
+            "set aux_logits: false (needs >= 75) or raise input_size"
+            if model.arch == "inception_v3" and model.aux_logits
+            else "raise input_size"
+        )
+        raise ConfigError(
+            f"{key}.input_size = {model.input_size} is too small for {model.arch} "
+            f"(needs >= {min_input_size(model)}); {fix}"
+        )
     resize = model.preprocessing.resize
     if resize is not None and resize < model.input_size:
-        raise ConfigError(f"{key}.preprocessing.resize = {resize} is smaller than input_size {model.input_size}; resize to at least input_size")
+        raise ConfigError(
+            f"{key}.preprocessing.resize = {resize} is smaller than input_size "
+            f"{model.input_size}; resize to at least input_size"
+        )
     if model.weights not in (None, IMAGENET_WEIGHTS) and not Path(model.weights).is_file():
-        raise ConfigError(f"{key}.weights: file {model.weights!r} not found; put the weights file there or fix the path")
+        raise ConfigError(
+            f"{key}.weights: file {model.weights!r} not found; put the weights file there or fix the path"
+        )
 
 
 def load_config(raw: dict[str, Any]) -> Config:
@@ -298,23 +381,38 @@ def load_config(raw: dict[str, Any]) -> Config:
     for family, settings in resolved.get("figures", {}).items():
         unknown = sorted(set((settings or {}).get("layers") or {}) - set(names)) if isinstance(settings, dict) else []
         if unknown:
-            raise ConfigError(f"config figures.{family}.layers names model {unknown[0]!r}, which is not configured; "
-                              f"use one of: {', '.join(names)}")
+            raise ConfigError(
+                f"config figures.{family}.layers names model {unknown[0]!r}, which is not configured; "
+                f"use one of: {', '.join(names)}"
+            )
     if dataset.kind != "shapes" and not dataset.root:
-        raise ConfigError(f"config dataset.root is missing; dataset kind {dataset.kind!r} reads a local copy: set dataset.root to its folder")
+        raise ConfigError(
+            f"config dataset.root is missing; dataset kind {dataset.kind!r} "
+            "reads a local copy: set dataset.root to its folder"
+        )
     if dataset.root and not Path(dataset.root).is_dir():
-        raise ConfigError(f"config dataset.root: folder {dataset.root!r} not found; put the dataset there or fix the path")
+        raise ConfigError(
+            f"config dataset.root: folder {dataset.root!r} not found; put the dataset there or fix the path"
+        )
     figures = FiguresConfig.from_dict(resolved["figures"])
     explanations = ExplanationsConfig.from_dict(resolved["explanations"])
-    return Config(dataset=dataset, models=models, runtime=RuntimeConfig.from_dict(resolved["runtime"]),
-                  figures=figures, explanations=explanations, raw=resolved)
+    return Config(
+        dataset=dataset,
+        models=models,
+        runtime=RuntimeConfig.from_dict(resolved["runtime"]),
+        figures=figures,
+        explanations=explanations,
+        raw=resolved,
+    )
 
 
 def read_config(path: str | Path) -> Config:
     """Reads a YAML configuration file and returns the validated configuration."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML config (e.g. config/config.yaml)")
+        raise ConfigError(
+            f"config file {str(path)!r} not found; pass the path of a YAML config (e.g. config/config.yaml)"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -36,7 +36,9 @@ class Checkpoint(TypedDict):
     std: list[float]
     epoch: int
     config: dict[str, Any]  # the model's resolved config (ModelConfig as a dict)
-    model_kwargs: dict[str, Any]  # the torchvision builder's keyword arguments: get_model(arch, num_classes=..., **model_kwargs)
+    model_kwargs: dict[
+        str, Any
+    ]  # the torchvision builder's keyword arguments: get_model(arch, num_classes=..., **model_kwargs)
     history: list[Epoch]
 
 

@@ -44,18 +44,20 @@ def prediction_rows(split: str, logits: torch.Tensor, labels: torch.Tensor, clas
     probabilities = logits.softmax(dim=1)
     top = probabilities.topk(min(5, len(classes)), dim=1)
     predicted = top.indices[:, 0]
-    return pd.DataFrame({
-        "split": split,
-        "index": range(len(labels)),
-        "label": labels.tolist(),
-        "label_name": [classes[i] for i in labels.tolist()],
-        "pred": predicted.tolist(),
-        "pred_name": [classes[i] for i in predicted.tolist()],
-        "confidence": top.values[:, 0].tolist(),
-        "correct": (predicted == labels).tolist(),
-        "top5": [" ".join(map(str, row)) for row in top.indices.tolist()],
-        "top5_confidence": [" ".join(f"{p:.6f}" for p in row) for row in top.values.tolist()],
-    })
+    return pd.DataFrame(
+        {
+            "split": split,
+            "index": range(len(labels)),
+            "label": labels.tolist(),
+            "label_name": [classes[i] for i in labels.tolist()],
+            "pred": predicted.tolist(),
+            "pred_name": [classes[i] for i in predicted.tolist()],
+            "confidence": top.values[:, 0].tolist(),
+            "correct": (predicted == labels).tolist(),
+            "top5": [" ".join(map(str, row)) for row in top.indices.tolist()],
+            "top5_confidence": [" ".join(f"{p:.6f}" for p in row) for row in top.values.tolist()],
+        }
+    )
 
 
 def evaluate_model(
@@ -85,7 +87,8 @@ def evaluate_model(
         source = open_split(index_path, split, build_transform(config, train=False))
         if source.classes != checkpoint["classes"]:
             raise ArtifactError(
-                f"checkpoint {str(checkpoint_path)!r} was trained on {len(checkpoint['classes'])} classes but the dataset has "
+                f"checkpoint {str(checkpoint_path)!r} was trained on {len(checkpoint['classes'])} "
+                "classes but the dataset has "
                 f"{len(source.classes)}; retrain the model on this dataset"
             )
         started = time.perf_counter()
@@ -95,7 +98,10 @@ def evaluate_model(
         timings[split] = {"seconds": seconds, "images_per_s": len(labels) / seconds if seconds else None}
         metrics["splits"][split] = split_metrics(logits, labels, checkpoint["classes"])
         frames.append(prediction_rows(split, logits, labels, checkpoint["classes"]))
-        print(f"{config.name} {split}: top-1 {metrics['splits'][split]['top1']:.4f}, top-5 {metrics['splits'][split]['top5']:.4f} (n={len(labels)})")
+        print(
+            f"{config.name} {split}: top-1 {metrics['splits'][split]['top1']:.4f}, "
+            f"top-5 {metrics['splits'][split]['top5']:.4f} (n={len(labels)})"
+        )
     write_json_atomic(Path(metrics_path), metrics)
     write_json_atomic(Path(timings_path), timings)
     predictions = pd.concat(frames, ignore_index=True)
@@ -145,8 +151,23 @@ def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> 
     return test
 
 
-def evaluate(runtime: RuntimeConfig, index_path: str | Path, checkpoint_path: str | Path, metrics_path: str | Path,
-             predictions_path: str | Path, timings_path: str | Path, threads: int | None = None) -> None:
+def evaluate(
+    runtime: RuntimeConfig,
+    index_path: str | Path,
+    checkpoint_path: str | Path,
+    metrics_path: str | Path,
+    predictions_path: str | Path,
+    timings_path: str | Path,
+    threads: int | None = None,
+) -> None:
     """The evaluate step: one checkpoint on val and test."""
-    evaluate_model(checkpoint_path, index_path, metrics_path, predictions_path, timings_path, device=runtime.device,
-                   threads=threads, batch_size=runtime.eval_batch_size)
+    evaluate_model(
+        checkpoint_path,
+        index_path,
+        metrics_path,
+        predictions_path,
+        timings_path,
+        device=runtime.device,
+        threads=threads,
+        batch_size=runtime.eval_batch_size,
+    )

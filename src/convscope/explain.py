@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from convscope.cam import grad_cam
+from convscope.cam import grad_cam, shape_of
 from convscope.config import ModelConfig
 from convscope.data import ImageSource
 from convscope.errors import LayerError
@@ -45,18 +45,18 @@ SANITY_THRESHOLD = 0.5
 
 def _check_maps(maps: Tensor, name: str = "maps") -> None:
     if not isinstance(maps, Tensor) or maps.dim() != 3 or not maps.is_floating_point() or maps.numel() == 0:
-        raise ValueError(f"{name} must be a non-empty floating N×H×W tensor, got {tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}")
+        raise ValueError(f"{name} must be a non-empty floating N×H×W tensor, got {shape_of(maps)}")
 
 
 def _check_pair(maps: Tensor, other: Tensor, name: str) -> None:
     _check_maps(maps)
     if not isinstance(other, Tensor) or other.shape != maps.shape:
-        raise ValueError(f"{name} must be a tensor of the maps' shape {tuple(maps.shape)}, got {tuple(other.shape) if isinstance(other, Tensor) else type(other).__name__}")
+        raise ValueError(f"{name} must be a tensor of the maps' shape {tuple(maps.shape)}, got {shape_of(other)}")
 
 
 def _check_flags(flags: Tensor | None, n: int) -> None:
     if flags is not None and (not isinstance(flags, Tensor) or flags.shape != (n,)):
-        raise ValueError(f"flags must be a bool tensor of shape ({n},), got {tuple(flags.shape) if isinstance(flags, Tensor) else type(flags).__name__}")
+        raise ValueError(f"flags must be a bool tensor of shape ({n},), got {shape_of(flags)}")
 
 
 # --- localisation ----------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def tolerance_pixels(side: int) -> float:
 def dilate(masks: Tensor, radius: float) -> Tensor:
     """N×H×W bool masks grown by a disc of ``radius`` pixels: True within that distance of the object."""
     if not isinstance(masks, Tensor) or masks.dim() != 3:
-        raise ValueError(f"masks must be an N×H×W tensor, got {tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__}")
+        raise ValueError(f"masks must be an N×H×W tensor, got {shape_of(masks)}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     r = int(radius)
@@ -201,7 +201,8 @@ def pixel_ranks(maps: Tensor) -> Tensor:
 
 
 def step_counts(num_pixels: int, steps: int) -> Tensor:
-    """How many pixels are changed after each of ``steps`` equal steps: ``round(k * num_pixels / steps)``, k = 0..steps."""
+    """How many pixels are changed after each of ``steps`` equal steps: ``round(k * num_pixels / steps)``,
+    k = 0..steps."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return torch.div(torch.arange(steps + 1) * num_pixels + steps // 2, steps, rounding_mode="floor")
@@ -214,7 +215,9 @@ def blurred(inputs: Tensor) -> Tensor:
     return TF.gaussian_blur(inputs, [size, size], [sigma, sigma])
 
 
-def score_curve(model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+def score_curve(
+    model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, targets: Tensor, batch_size: int
+) -> Tensor:
     """N×(S+1) target probabilities of the step images: ``end`` where a pixel's rank is below the step's count,
     ``start`` elsewhere. The (image, step) pairs are built and scored ``batch_size`` at a time."""
     n, steps = len(start), len(counts)
@@ -230,7 +233,14 @@ def score_curve(model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, cou
     return torch.cat(probabilities).view(n, steps)
 
 
-def deletion_insertion(model: nn.Module, inputs: Tensor, maps: Tensor, targets: Tensor | Sequence[int], steps: int = 16, batch_size: int = 64) -> Curves:
+def deletion_insertion(
+    model: nn.Module,
+    inputs: Tensor,
+    maps: Tensor,
+    targets: Tensor | Sequence[int],
+    steps: int = 16,
+    batch_size: int = 64,
+) -> Curves:
     """Deletion and insertion curves of each map (RISE protocol).
 
     Pixels are ranked by the map (see :func:`pixel_ranks`); after step k of ``steps`` the first
@@ -250,7 +260,7 @@ def deletion_insertion(model: nn.Module, inputs: Tensor, maps: Tensor, targets: 
         The :class:`Curves`.
     """
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
+        raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {shape_of(inputs)}")
     n, _, height, width = inputs.shape
     _check_maps(maps)
     if maps.shape != (n, height, width):
@@ -285,7 +295,9 @@ def average_ranks(values: Tensor) -> Tensor:
     # Each element's tie group runs from the last start at or before it to the first end at or after it.
     first = torch.where(starts, positions, 0).cummax(-1).values
     last = torch.where(ends, positions, math.inf).flip(-1).cummin(-1).values.flip(-1)
-    return torch.empty(ordered.shape, dtype=torch.float64, device=values.device).scatter_(-1, order, (first + last) / 2 + 1)
+    return torch.empty(ordered.shape, dtype=torch.float64, device=values.device).scatter_(
+        -1, order, (first + last) / 2 + 1
+    )
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
@@ -294,7 +306,10 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     Ties get average ranks, as ``scipy.stats.spearmanr``; NaN where either map is constant.
     """
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.dim() < 2:
-        raise ValueError(f"spearman needs two tensors of one N×… shape, got {tuple(getattr(a, 'shape', ()))} and {tuple(getattr(b, 'shape', ()))}")
+        raise ValueError(
+            f"spearman needs two tensors of one N×… shape, got {tuple(getattr(a, 'shape', ()))} "
+            f"and {tuple(getattr(b, 'shape', ()))}"
+        )
     ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return ((ra * rb).sum(1) / (ra.square().sum(1) * rb.square().sum(1)).sqrt()).float()
@@ -310,7 +325,7 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     window = min(window, *a.shape[-2:])
     window -= 1 - window % 2  # odd, so the window has a centre pixel
     offsets = torch.arange(window, dtype=torch.float32, device=a.device) - (window - 1) / 2
-    g = torch.exp(-offsets**2 / (2 * sigma**2))
+    g = torch.exp(-(offsets**2) / (2 * sigma**2))
     g = g / g.sum()
 
     def smooth(x: Tensor) -> Tensor:  # separable Gaussian filter, "valid" positions only
@@ -384,7 +399,14 @@ class Sanity:
         return None if math.isnan(final) else final < SANITY_THRESHOLD
 
 
-def cascading_randomisation(model: nn.Module, inputs: Tensor, layer: str, method: str = "gradcam", targets: Tensor | Sequence[int] | None = None, seed: int = 0) -> Sanity:
+def cascading_randomisation(
+    model: nn.Module,
+    inputs: Tensor,
+    layer: str,
+    method: str = "gradcam",
+    targets: Tensor | Sequence[int] | None = None,
+    seed: int = 0,
+) -> Sanity:
     """Adebayo et al.'s cascading randomisation: maps of the same images and classes as the weights are
     re-initialised stage by stage from the head downward, compared with the trained model's maps.
 
@@ -418,8 +440,15 @@ def cascading_randomisation(model: nn.Module, inputs: Tensor, layer: str, method
     pairs = (original.expand_as(maps).reshape(s * n, *original.shape[1:]), maps.reshape(s * n, *original.shape[1:]))
     rho = spearman(*pairs).view(s, n).nan_to_num(0.0)  # NaN here means a constant randomised map: nothing kept
     similarity = ssim(*pairs).view(s, n)
-    return Sanity(steps=names, targets=trained.targets, original=original, undefined=undefined, maps=maps,
-                  spearman=torch.where(undefined, torch.nan, rho), ssim=torch.where(undefined, torch.nan, similarity))
+    return Sanity(
+        steps=names,
+        targets=trained.targets,
+        original=original,
+        undefined=undefined,
+        maps=maps,
+        spearman=torch.where(undefined, torch.nan, rho),
+        ssim=torch.where(undefined, torch.nan, similarity),
+    )
 
 
 def summary(values: np.ndarray) -> dict:

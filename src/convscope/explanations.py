@@ -122,8 +122,15 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 # --- localisation on every test image --------------------------------------------------------------------------
 
 
-def _localise(model: nn.Module, source: ImageSource, config: ModelConfig, layers: list[str], methods: list[str],
-              batch_size: int, seed: int) -> dict[str, np.ndarray]:
+def _localise(
+    model: nn.Module,
+    source: ImageSource,
+    config: ModelConfig,
+    layers: list[str],
+    methods: list[str],
+    batch_size: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
     """Per test image: both pointing games of each method and layer and of the two baselines, and whether the
     prediction is right. One ``grad_cam`` call per batch and method gives every layer."""
     side = config.input_size
@@ -131,12 +138,16 @@ def _localise(model: nn.Module, source: ImageSource, config: ModelConfig, layers
     noise = random_maps(len(source), side, side, seed)
     columns: dict[str, list[torch.Tensor]] = {}
 
-    def add(who: str, maps: torch.Tensor, masks: torch.Tensor, near: torch.Tensor, flags: torch.Tensor | None = None) -> None:
+    def add(
+        who: str, maps: torch.Tensor, masks: torch.Tensor, near: torch.Tensor, flags: torch.Tensor | None = None
+    ) -> None:
         columns.setdefault(f"pointing_{who}", []).append(pointing_game(maps, near, tolerance=0, flags=flags))
         columns.setdefault(f"energy_{who}", []).append(energy_pointing_game(maps, masks, flags))
 
     start = 0
-    for inputs, labels in tqdm(torch.utils.data.DataLoader(source, batch_size=batch_size), desc=f"{config.name} localisation", unit="batch"):
+    for inputs, labels in tqdm(
+        torch.utils.data.DataLoader(source, batch_size=batch_size), desc=f"{config.name} localisation", unit="batch"
+    ):
         rows = range(start, start + len(labels))
         masks = torch.stack([eval_mask(source.mask(i), config) for i in rows])
         near = dilate(masks, tolerance)  # once per batch, shared by every map
@@ -156,16 +167,23 @@ def _groups(pointing: np.ndarray, energy: np.ndarray, correct: np.ndarray) -> di
     out = {}
     for group, rows in zip(GROUPS, (np.ones_like(correct), correct, ~correct)):
         defined = np.isfinite(pointing[rows])
-        out[group] = {"pointing_game": _number(summary(pointing[rows])["mean"]), "energy": _number(summary(energy[rows])["mean"]),
-                      "n": int(defined.sum()), "flagged": int((~defined).sum())}
+        out[group] = {
+            "pointing_game": _number(summary(pointing[rows])["mean"]),
+            "energy": _number(summary(energy[rows])["mean"]),
+            "n": int(defined.sum()),
+            "flagged": int((~defined).sum()),
+        }
     return out
 
 
 def _localisation_report(scores: dict[str, np.ndarray], method: str, layers: list[str]) -> dict:
     correct = scores["test_correct"]
     baselines = {who: _groups(scores[f"pointing_{who}"], scores[f"energy_{who}"], correct) for who in BASELINES}
-    return {layer: _groups(scores[f"pointing_{method}_{layer}"], scores[f"energy_{method}_{layer}"], correct) | {"baselines": baselines}
-            for layer in layers}
+    return {
+        layer: _groups(scores[f"pointing_{method}_{layer}"], scores[f"energy_{method}_{layer}"], correct)
+        | {"baselines": baselines}
+        for layer in layers
+    }
 
 
 # --- the report ------------------------------------------------------------------------------------------------
@@ -173,15 +191,26 @@ def _localisation_report(scores: dict[str, np.ndarray], method: str, layers: lis
 
 def _faithfulness_report(curves: Curves, undefined: torch.Tensor, baseline: Curves, steps: int) -> dict:
     defined = ~undefined
-    return {"deletion_auc": _number(curves.deletion_auc[defined].mean()), "insertion_auc": _number(curves.insertion_auc[defined].mean()),
-            "random_deletion_auc": _number(baseline.deletion_auc.mean()), "random_insertion_auc": _number(baseline.insertion_auc.mean()),
-            "n": int(defined.sum()), "flagged": int(undefined.sum()), "steps": steps}
+    return {
+        "deletion_auc": _number(curves.deletion_auc[defined].mean()),
+        "insertion_auc": _number(curves.insertion_auc[defined].mean()),
+        "random_deletion_auc": _number(baseline.deletion_auc.mean()),
+        "random_insertion_auc": _number(baseline.insertion_auc.mean()),
+        "n": int(defined.sum()),
+        "flagged": int(undefined.sum()),
+        "steps": steps,
+    }
 
 
 def _sanity_report(sanity: Sanity) -> dict:
-    return {"steps": sanity.steps, "spearman": [_number(v) for v in sanity.mean_spearman.tolist()],
-            "ssim": [_number(v) for v in sanity.mean_ssim.tolist()], "n": int((~sanity.undefined).sum()),
-            "flagged": int(sanity.undefined.sum()), "passes": sanity.passes}
+    return {
+        "steps": sanity.steps,
+        "spearman": [_number(v) for v in sanity.mean_spearman.tolist()],
+        "ssim": [_number(v) for v in sanity.mean_ssim.tolist()],
+        "n": int((~sanity.undefined).sum()),
+        "flagged": int(sanity.undefined.sum()),
+        "passes": sanity.passes,
+    }
 
 
 def compute_explanations(
@@ -214,7 +243,10 @@ def compute_explanations(
         batch_size: Images per forward pass.
     """
     methods = check_methods(methods)
-    num_images, steps, batch_size = (_positive_int(name, value) for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size)))
+    num_images, steps, batch_size = (
+        _positive_int(name, value)
+        for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size))
+    )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     config, model, source = open_model_and_split(checkpoint_path, index_path, "test")
@@ -227,11 +259,27 @@ def compute_explanations(
 
     sample = sample_indices(source.labels, num_images)
     inputs = torch.stack([source[i][0] for i in sample])
-    report: ExplanationsReport = {"schema_version": SCHEMA_VERSION, "model": config.name, "arch": config.arch, "input_size": side, "split": "test",
-              "layers": layers, "layer": layer, "num_images": len(sample), "sample_indices": sample, "steps": steps, "seed": seed,
-              "tolerance_px": _number(tolerance_pixels(side)) if has_masks else None, "sanity_threshold": SANITY_THRESHOLD, "methods": {}}
-    arrays: dict[str, object] = {"layers": np.asarray(layers, dtype=str), "sample_indices": np.asarray(sample, np.int64),
-                                 "sample_labels": np.asarray([source.labels[i] for i in sample], np.int64)}
+    report: ExplanationsReport = {
+        "schema_version": SCHEMA_VERSION,
+        "model": config.name,
+        "arch": config.arch,
+        "input_size": side,
+        "split": "test",
+        "layers": layers,
+        "layer": layer,
+        "num_images": len(sample),
+        "sample_indices": sample,
+        "steps": steps,
+        "seed": seed,
+        "tolerance_px": _number(tolerance_pixels(side)) if has_masks else None,
+        "sanity_threshold": SANITY_THRESHOLD,
+        "methods": {},
+    }
+    arrays: dict[str, object] = {
+        "layers": np.asarray(layers, dtype=str),
+        "sample_indices": np.asarray(sample, np.int64),
+        "sample_labels": np.asarray([source.labels[i] for i in sample], np.int64),
+    }
 
     scores = _localise(model, source, config, layers, methods, batch_size, seed) if has_masks else {}
     arrays |= scores
@@ -242,18 +290,34 @@ def compute_explanations(
         sanity[method] = s = cascading_randomisation(model, inputs, layer, method=method, seed=seed)
         curves[method] = deletion_insertion(model, inputs, s.original, s.targets, steps=steps, batch_size=batch_size)
     targets = sanity[methods[0]].targets  # the predictions: the same for every method
-    baseline = deletion_insertion(model, inputs, random_maps(len(sample), side, side, seed), targets, steps=steps, batch_size=batch_size)
+    baseline = deletion_insertion(
+        model, inputs, random_maps(len(sample), side, side, seed), targets, steps=steps, batch_size=batch_size
+    )
     examples = list(range(min(EXAMPLES, len(sample))))
     for method in methods:
         s, c = sanity[method], curves[method]
-        report["methods"][method] = {"localisation": _localisation_report(scores, method, layers) if has_masks else None,
-                                     "localisation_skipped": skipped, "faithfulness": _faithfulness_report(c, s.undefined, baseline, steps),
-                                     "sanity": _sanity_report(s)}
-        arrays |= {f"cam_{method}": s.original.numpy(), f"undefined_{method}": s.undefined.numpy(), f"deletion_{method}": c.deletion.numpy(),
-                   f"insertion_{method}": c.insertion.numpy(), f"sanity_spearman_{method}": s.spearman.numpy(),
-                   f"sanity_ssim_{method}": s.ssim.numpy(), f"sanity_maps_{method}": s.maps[:, examples].numpy()}
-    arrays |= {"sample_targets": targets.numpy(), "fractions": baseline.fractions.numpy(), "random_deletion": baseline.deletion.numpy(),
-               "random_insertion": baseline.insertion.numpy(), "sanity_steps": np.asarray(sanity[methods[0]].steps, dtype=str)}
+        report["methods"][method] = {
+            "localisation": _localisation_report(scores, method, layers) if has_masks else None,
+            "localisation_skipped": skipped,
+            "faithfulness": _faithfulness_report(c, s.undefined, baseline, steps),
+            "sanity": _sanity_report(s),
+        }
+        arrays |= {
+            f"cam_{method}": s.original.numpy(),
+            f"undefined_{method}": s.undefined.numpy(),
+            f"deletion_{method}": c.deletion.numpy(),
+            f"insertion_{method}": c.insertion.numpy(),
+            f"sanity_spearman_{method}": s.spearman.numpy(),
+            f"sanity_ssim_{method}": s.ssim.numpy(),
+            f"sanity_maps_{method}": s.maps[:, examples].numpy(),
+        }
+    arrays |= {
+        "sample_targets": targets.numpy(),
+        "fractions": baseline.fractions.numpy(),
+        "random_deletion": baseline.deletion.numpy(),
+        "random_insertion": baseline.insertion.numpy(),
+        "sanity_steps": np.asarray(sanity[methods[0]].steps, dtype=str),
+    }
 
     names = [f"test image {sample[e]}\n{source.classes[source.labels[sample[e]]]}" for e in examples]
     return Explanations(config, report, arrays, inputs[examples], names, curves, sanity, baseline)

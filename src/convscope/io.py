@@ -28,7 +28,10 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False)
     except OSError as error:
-        raise ArtifactError(f"cannot write {str(path)!r}: {error.strerror or error}; free space or fix the folder's permissions, then rerun") from None
+        raise ArtifactError(
+            f"cannot write {str(path)!r}: {error.strerror or error}; free "
+            "space or fix the folder's permissions, then rerun"
+        ) from None
     try:
         with tmp:
             write(tmp)
@@ -38,8 +41,10 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     except BaseException as error:
         Path(tmp.name).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise ArtifactError(f"cannot write {str(path)!r}: {error.strerror or error}; free space on that disk "
-                                f"(or fix its permissions), then rerun") from None
+            raise ArtifactError(
+                f"cannot write {str(path)!r}: {error.strerror or error}; free space on that disk "
+                f"(or fix its permissions), then rerun"
+            ) from None
         raise
     return path
 

@@ -13,8 +13,9 @@ import os
 import shutil
 import sys
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, TextIO
+from typing import TextIO
 
 from convscope.errors import UserError
 

@@ -62,7 +62,11 @@ def resolve_weights_path(config: ModelConfig) -> Path | None:
         path = imagenet_weights_path(config.arch)
         if not path.is_file():
             url = torchvision.models.get_model_weights(config.arch).DEFAULT.url
-            raise WeightsError(f"ImageNet weights for {config.arch} not found at {path}; download {url} on a machine with internet and copy it there (or set weights to a local file)")
+            raise WeightsError(
+                f"ImageNet weights for {config.arch} not found at {path}; download "
+                f"{url} on a machine with internet and copy it there (or set weights "
+                "to a local file)"
+            )
         return path
     return Path(config.weights)
 
@@ -74,15 +78,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise WeightsError(f"weights file {str(path)!r} cannot be read ({type(error).__name__}); replace it with a torch state dict saved by torch.save") from None
+        raise WeightsError(
+            f"weights file {str(path)!r} cannot be read ({type(error).__name__}); "
+            "replace it with a torch state dict saved by torch.save"
+        ) from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"weights file {str(path)!r} holds no state dict of tensors; save one with torch.save(model.state_dict(), path)")
+        raise WeightsError(
+            f"weights file {str(path)!r} holds no state dict of tensors; save "
+            "one with torch.save(model.state_dict(), path)"
+        )
     # Checkpoints saved from DataParallel or torch.compile prefix every key.
     return {key.removeprefix("module.").removeprefix("_orig_mod."): value for key, value in state.items()}
 
 
-def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], heads: frozenset[str], source: str) -> list[str]:
+def load_backbone_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], heads: frozenset[str], source: str
+) -> list[str]:
     """Copies every non-head tensor of ``state`` into ``model``; returns the head keys it left untouched.
 
     A head of the same shape (same class count) is copied too. Any other missing,
@@ -97,7 +109,8 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], head
     if missing or unexpected or misshaped:
         example = (missing or unexpected or misshaped)[0]
         raise WeightsError(
-            f"weights file {source!r} does not fit this architecture: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"weights file {source!r} does not fit this architecture: {len(missing)} "
+            f"missing, {len(unexpected)} unexpected, "
             f"{len(misshaped)} mis-shaped keys (e.g. {example!r}); use weights saved from the same arch"
         )
     fresh_heads = [k for k in heads if k not in state or state[k].shape != own[k].shape]
@@ -123,7 +136,7 @@ def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True
 
 
 def model_kwargs(config: ModelConfig) -> dict:
-    """The keyword arguments, beyond ``num_classes``, that ``torchvision.models.get_model`` needs to rebuild this model."""
+    """The keyword arguments, beyond ``num_classes``, that ``torchvision.models.get_model`` needs to rebuild it."""
     return _builder_kwargs(config, config.weights is not None)
 
 
@@ -146,7 +159,9 @@ def logits_of(output: Any) -> torch.Tensor:
     logits = getattr(output, "logits", output)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else ""
-        raise ValueError(f"model must return N×K logits (or an object with .logits), got {type(output).__name__}{shape}")
+        raise ValueError(
+            f"model must return N×K logits (or an object with .logits), got {type(output).__name__}{shape}"
+        )
     return logits
 
 
@@ -180,14 +195,20 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
 
 def conv_module_names(model: nn.Module) -> list[str]:
     """Names of the modules that are or contain a Conv2d, shallowest first (model order within a depth)."""
-    names = [name for name, module in model.named_modules() if name and any(isinstance(m, nn.Conv2d) for m in module.modules())]
+    names = [
+        name
+        for name, module in model.named_modules()
+        if name and any(isinstance(m, nn.Conv2d) for m in module.modules())
+    ]
     return sorted(names, key=lambda name: name.count("."))
 
 
 _MAX_LISTED = 40
 
 
-def find_layers(model: nn.Module, names: Sequence[str], valid: Sequence[str] | None = None, kind: str = "layer") -> list[str]:
+def find_layers(
+    model: nn.Module, names: Sequence[str], valid: Sequence[str] | None = None, kind: str = "layer"
+) -> list[str]:
     """The layer lookup every figure, CAM and metric uses: ``names`` checked against the model, deduplicated.
 
     Args:

@@ -51,7 +51,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or foreign files raise several types
-        raise TrainingError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun training") from None
+        raise TrainingError(
+            f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun training"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
         raise TrainingError(f"checkpoint {str(path)!r} is not a convscope checkpoint; delete it and rerun training")
     return checkpoint
@@ -114,7 +116,9 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: ModelConfig, steps: int
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader, device: torch.device, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_loader(
+    model: nn.Module, loader, device: torch.device, desc: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of a whole loader, in eval mode."""
     model.eval()
     logits, labels = [], []
@@ -166,7 +170,9 @@ def train_model(
     # BatchNorm cannot train on one image where a layer's output is 1×1 (InceptionV3's aux head, a ResNet's
     # layer4 at small inputs), so a last batch of a single image is dropped (a different one every epoch).
     drop_last = len(train_set) % config.batch_size == 1 and len(train_set) > 1
-    steps_per_epoch = len(train_set) // config.batch_size if drop_last else math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = (
+        len(train_set) // config.batch_size if drop_last else math.ceil(len(train_set) / config.batch_size)
+    )
     scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     heads = head_parameter_names(model, config)
@@ -188,8 +194,9 @@ def train_model(
         started = time.perf_counter()
         torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws from the global generator
         shuffle = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle,
-                                             drop_last=drop_last)
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle, drop_last=drop_last
+        )
         model.train()
         if config.freeze == "backbone":
             _freeze_backbone_norms(model, heads)
@@ -212,25 +219,42 @@ def train_model(
             loss_sum += loss.item() * n
             top1 += topk_correct(logits.detach(), labels, 1).sum().item()
             top5 += topk_correct(logits.detach(), labels, 5).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{top1 / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.3f}",
+                acc=f"{top1 / seen:.3f}",
+                img_s=f"{seen / (time.perf_counter() - started):.0f}",
+            )
         val_logits, val_labels = evaluate_loader(model, val_loader, run_device)
         seconds = time.perf_counter() - started
-        history.append({
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / seen,
-            "train_top1": top1 / seen,
-            "train_top5": top5 / seen,
-            "val_loss": nn.functional.cross_entropy(val_logits, val_labels).item(),
-            "val_top1": topk_correct(val_logits, val_labels, 1).float().mean().item(),
-            "val_top5": topk_correct(val_logits, val_labels, 5).float().mean().item(),
-            "lr": optimizer.param_groups[-1]["lr"],
-            "seconds": seconds,
-        })
-        print(f"{config.name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, val top-1 {history[-1]['val_top1']:.3f}, {seconds:.0f} s")
-        save_atomic({
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "epoch": epoch + 1, "config": config_dict, "classes": classes,
-        }, resume_path)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / seen,
+                "train_top1": top1 / seen,
+                "train_top5": top5 / seen,
+                "val_loss": nn.functional.cross_entropy(val_logits, val_labels).item(),
+                "val_top1": topk_correct(val_logits, val_labels, 1).float().mean().item(),
+                "val_top5": topk_correct(val_logits, val_labels, 5).float().mean().item(),
+                "lr": optimizer.param_groups[-1]["lr"],
+                "seconds": seconds,
+            }
+        )
+        print(
+            f"{config.name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, "
+            f"val top-1 {history[-1]['val_top1']:.3f}, {seconds:.0f} s"
+        )
+        save_atomic(
+            {
+                "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "epoch": epoch + 1,
+                "config": config_dict,
+                "classes": classes,
+            },
+            resume_path,
+        )
 
     checkpoint: Checkpoint = {
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -250,10 +274,22 @@ def train_model(
     return checkpoint
 
 
-def train(model: ModelConfig, runtime: RuntimeConfig, index_path: str | Path, checkpoint_path: str | Path,
-          history_path: str | Path, threads: int | None = None) -> Checkpoint:
+def train(
+    model: ModelConfig,
+    runtime: RuntimeConfig,
+    index_path: str | Path,
+    checkpoint_path: str | Path,
+    history_path: str | Path,
+    threads: int | None = None,
+) -> Checkpoint:
     """The train step: trains one model and writes its checkpoint and its per-epoch history."""
-    checkpoint = train_model(model, index_path, checkpoint_path, device=runtime.device, threads=threads,
-                             eval_batch_size=runtime.eval_batch_size)
+    checkpoint = train_model(
+        model,
+        index_path,
+        checkpoint_path,
+        device=runtime.device,
+        threads=threads,
+        eval_batch_size=runtime.eval_batch_size,
+    )
     write_json_atomic(history_path, checkpoint["history"])
     return checkpoint

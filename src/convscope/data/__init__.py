@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,7 +148,7 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
 
 
 def sample_indices(labels: list[int], num_images: int) -> list[int]:
-    """Up to ``num_images`` positions spread over the classes: round-robin in label order, each class's in index order."""
+    """Up to ``num_images`` positions spread over the classes: round-robin in label order, each class's in order."""
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         by_class.setdefault(int(label), []).append(i)

@@ -21,8 +21,10 @@ TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 SIDE = 32
 ROW_SIZE = 3 * SIDE * SIDE
-HOW_TO_GET = ("download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
-              "https://www.cs.toronto.edu/~kriz/cifar.html and extract it under dataset.root")
+HOW_TO_GET = (
+    "download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
+    "https://www.cs.toronto.edu/~kriz/cifar.html and extract it under dataset.root"
+)
 
 # One dataset in memory per process: train, val and test are opened one after another from
 # the same batches. Keyed by folder, checked against the files' size and mtime.
@@ -42,9 +44,12 @@ def batch_folder(root: str | Path) -> Path:
 # builtin containers (dict, list, bytes, int, str) need no global, so a file that names any
 # other callable (os.system, builtins.eval, ...) is refused before it can run.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
     ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2: a text-to-bytes conversion, nothing more
 }
 
@@ -69,12 +74,18 @@ def _unpickle(path: Path) -> dict:
         with path.open("rb") as f:
             payload = _SafeUnpickler(f, encoding="bytes").load()
     except _ForbiddenGlobal as error:
-        raise DatasetError(f"CIFAR-10 file {str(path)!r} tries to build {error} (not allowed in a data file; "
-                           f"nothing was run); {HOW_TO_GET} again") from None
+        raise DatasetError(
+            f"CIFAR-10 file {str(path)!r} tries to build {error} (not allowed in a data file; "
+            f"nothing was run); {HOW_TO_GET} again"
+        ) from None
     except Exception as error:  # a damaged pickle fails in many ways; all mean the same to the user
-        raise DatasetError(f"CIFAR-10 file {str(path)!r} is not a readable pickle ({type(error).__name__}); {HOW_TO_GET} again") from None
+        raise DatasetError(
+            f"CIFAR-10 file {str(path)!r} is not a readable pickle ({type(error).__name__}); {HOW_TO_GET} again"
+        ) from None
     if not isinstance(payload, dict):
-        raise DatasetError(f"CIFAR-10 file {str(path)!r} holds a {type(payload).__name__}, not a batch dict; {HOW_TO_GET} again")
+        raise DatasetError(
+            f"CIFAR-10 file {str(path)!r} holds a {type(payload).__name__}, not a batch dict; {HOW_TO_GET} again"
+        )
     return payload
 
 
@@ -85,15 +96,24 @@ def _read_batch(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"CIFAR-10 batch {str(path)!r} lacks the b'data' or b'labels' key; {HOW_TO_GET} again")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_SIZE:
-        raise DatasetError(f"CIFAR-10 batch {str(path)!r} has data {data.dtype} {data.shape}, expected uint8 N×{ROW_SIZE}; {HOW_TO_GET} again")
-    in_range = labels.size == 0 or (np.issubdtype(labels.dtype, np.integer) and 0 <= labels.min() and labels.max() < n_classes)
+        raise DatasetError(
+            f"CIFAR-10 batch {str(path)!r} has data {data.dtype} {data.shape}, "
+            f"expected uint8 N×{ROW_SIZE}; {HOW_TO_GET} again"
+        )
+    in_range = labels.size == 0 or (
+        np.issubdtype(labels.dtype, np.integer) and 0 <= labels.min() and labels.max() < n_classes
+    )
     if labels.shape != (len(data),) or not in_range:
-        raise DatasetError(f"CIFAR-10 batch {str(path)!r} needs {len(data)} labels in 0..{n_classes - 1}; {HOW_TO_GET} again")
+        raise DatasetError(
+            f"CIFAR-10 batch {str(path)!r} needs {len(data)} labels in 0..{n_classes - 1}; {HOW_TO_GET} again"
+        )
     return data, labels.astype(np.int64)
 
 
 def _signature(folder: Path) -> tuple:
-    stats = [(folder / name).stat() if (folder / name).is_file() else None for name in (*TRAIN_FILES, TEST_FILE, META_FILE)]
+    stats = [
+        (folder / name).stat() if (folder / name).is_file() else None for name in (*TRAIN_FILES, TEST_FILE, META_FILE)
+    ]
     return tuple(s and (s.st_size, s.st_mtime_ns) for s in stats)
 
 
@@ -117,9 +137,12 @@ def load(folder: Path) -> dict:
     rows = np.concatenate([data for data, _ in batches])
     # Each row stores the red, green and blue planes in turn, each 32×32 row-major.
     images = rows.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1)
-    arrays = {"classes": classes, "images": np.ascontiguousarray(images),
-              "labels": np.concatenate([labels for _, labels in batches]),
-              "n_train": sum(len(data) for data, _ in batches[:-1])}
+    arrays = {
+        "classes": classes,
+        "images": np.ascontiguousarray(images),
+        "labels": np.concatenate([labels for _, labels in batches]),
+        "n_train": sum(len(data) for data, _ in batches[:-1]),
+    }
     _CACHE.clear()  # one dataset at a time keeps the memory bounded
     _CACHE[key] = (signature, arrays)
     return arrays
@@ -147,5 +170,7 @@ def open_split(index: DatasetIndex, data_dir: Path, split: str, transform=None) 
     rows = np.asarray(index.refs[split], dtype=np.int64)
     labels = arrays["labels"]
     if rows.size and (rows.max() >= len(labels) or not np.array_equal(labels[rows], index.labels[split])):
-        raise DatasetError(f"CIFAR-10 batches under {index.root!r} changed since they were indexed; rerun the prepare_data step")
+        raise DatasetError(
+            f"CIFAR-10 batches under {index.root!r} changed since they were indexed; rerun the prepare_data step"
+        )
     return ArraySource(index.classes, index.labels[split], arrays["images"][rows], None, transform)

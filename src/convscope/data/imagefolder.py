@@ -54,7 +54,9 @@ def _class_folders(folder: Path) -> list[Path]:
 def _images(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p) and p.suffix.lower() in EXTENSIONS)
     if not files:
-        raise DatasetError(f"class folder {str(folder)!r} holds no images ({', '.join(sorted(EXTENSIONS))}); remove it or add images")
+        raise DatasetError(
+            f"class folder {str(folder)!r} holds no images ({', '.join(sorted(EXTENSIONS))}); remove it or add images"
+        )
     return files
 
 
@@ -62,16 +64,27 @@ def _layout(root: Path) -> dict[str, Path]:
     """The split folders under ``root`` ({} when it holds class folders directly)."""
     folders = _class_folders(root)
     if not folders:
-        raise DatasetError(f"no class folders under {str(root)!r}; put one folder of images per class there (e.g. 001.ak47/), or train/ and test/ split folders of class folders")
+        raise DatasetError(
+            f"no class folders under {str(root)!r}; put one folder of images "
+            "per class there (e.g. 001.ak47/), or train/ and test/ split "
+            "folders of class folders"
+        )
     splits = {p.name: p for p in folders if p.name in SPLITS}
     if not splits:
         return {}
     others = [p.name for p in folders if p.name not in SPLITS]
     if others:
-        raise DatasetError(f"{str(root)!r} mixes split folders ({', '.join(splits)}) with other folders ({', '.join(others)}); keep only train/ val/ test/ or only class folders")
+        raise DatasetError(
+            f"{str(root)!r} mixes split folders ({', '.join(splits)}) with "
+            f"other folders ({', '.join(others)}); keep only train/ val/ test/ "
+            "or only class folders"
+        )
     for needed in ("train", "test"):
         if needed not in splits:
-            raise DatasetError(f"split folder {str(root / needed)!r} not found; with split folders, root needs train/ and test/ (val/ is optional)")
+            raise DatasetError(
+                f"split folder {str(root / needed)!r} not found; with split folders, "
+                "root needs train/ and test/ (val/ is optional)"
+            )
     return splits
 
 
@@ -89,7 +102,9 @@ def _check_readable(root: Path, files: list[Path], on_corrupt: str) -> set[Path]
     names = [p.relative_to(root).as_posix() for p in bad]
     listed = ", ".join(names[:LISTED]) + (f", ... ({len(names) - LISTED} more)" if len(names) > LISTED else "")
     if on_corrupt == "fail":
-        raise DatasetError(f"{len(bad)} unreadable image(s) under {str(root)!r}: {listed}; delete them or set dataset.on_corrupt: skip")
+        raise DatasetError(
+            f"{len(bad)} unreadable image(s) under {str(root)!r}: {listed}; delete them or set dataset.on_corrupt: skip"
+        )
     print(f"skipped {len(bad)} unreadable image(s): {listed}", file=sys.stderr)
     return set(bad)
 
@@ -106,11 +121,16 @@ def prepare(config: DatasetConfig, out_dir: Path) -> DatasetIndex:
     for split, split_root in (splits or {"all": root}).items():
         folders = _class_folders(split_root)
         if not folders:
-            raise DatasetError(f"split folder {str(split_root)!r} holds no class folders; put one folder of images per class there")
+            raise DatasetError(
+                f"split folder {str(split_root)!r} holds no class folders; put one folder of images per class there"
+            )
         found[split] = []
         for folder in folders:
             if folder.name not in label_of:
-                raise DatasetError(f"class folder {str(folder)!r} has no counterpart in {str(splits['train'])!r}; add it to train/ or remove it")
+                raise DatasetError(
+                    f"class folder {str(folder)!r} has no counterpart in {str(splits['train'])!r}; "
+                    "add it to train/ or remove it"
+                )
             found[split] += [(path, label_of[folder.name]) for path in _images(folder)]
 
     bad = _check_readable(root, [path for items in found.values() for path, _ in items], config.on_corrupt)
@@ -155,7 +175,9 @@ class FileSource(ImageSource):
         refs: POSIX paths of the images, relative to ``root``.
     """
 
-    def __init__(self, root: str | Path, refs: list[str], classes: list[str], labels: list[int], transform=None) -> None:
+    def __init__(
+        self, root: str | Path, refs: list[str], classes: list[str], labels: list[int], transform=None
+    ) -> None:
         super().__init__(classes, labels, transform)
         self.root = Path(root)
         self.refs = list(refs)
@@ -167,7 +189,10 @@ class FileSource(ImageSource):
                 # Phones store the camera's orientation as an EXIF tag; PIL does not apply it.
                 return to_rgb(ImageOps.exif_transpose(image))
         except Exception as error:  # whatever broke, the file is no longer what was indexed
-            raise DatasetError(f"image {str(path)!r} cannot be read any more ({type(error).__name__}); restore it or rerun the prepare_data step") from None
+            raise DatasetError(
+                f"image {str(path)!r} cannot be read any more ({type(error).__name__}); "
+                "restore it or rerun the prepare_data step"
+            ) from None
 
 
 def open_split(index: DatasetIndex, data_dir: Path, split: str, transform=None) -> FileSource:

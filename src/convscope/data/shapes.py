@@ -45,8 +45,22 @@ _POLYGONS = {
     "square": _regular_polygon(4, 1.0, np.pi / 4),
     "triangle": _regular_polygon(3, 1.0, -np.pi / 2),
     "star": _star(),
-    "cross": np.array([[-0.3, -1], [0.3, -1], [0.3, -0.3], [1, -0.3], [1, 0.3], [0.3, 0.3],
-                       [0.3, 1], [-0.3, 1], [-0.3, 0.3], [-1, 0.3], [-1, -0.3], [-0.3, -0.3]]),
+    "cross": np.array(
+        [
+            [-0.3, -1],
+            [0.3, -1],
+            [0.3, -0.3],
+            [1, -0.3],
+            [1, 0.3],
+            [0.3, 0.3],
+            [0.3, 1],
+            [-0.3, 1],
+            [-0.3, 0.3],
+            [-1, 0.3],
+            [-1, -0.3],
+            [-0.3, -0.3],
+        ]
+    ),
     "hexagon": _regular_polygon(6),
     "diamond": np.array([[0, -1], [0.55, 0], [0, 1], [-0.55, 0]]),
     "arrow": np.array([[-1, -0.25], [0.15, -0.25], [0.15, -0.7], [1, 0], [0.15, 0.7], [0.15, 0.25], [-1, 0.25]]),
@@ -157,7 +171,11 @@ def generate(config: ShapesConfig) -> dict[str, np.ndarray]:
         ``textures`` (index into TEXTURES) and ``is_test`` (bool).
     """
     if config.spurious_class is not None and config.spurious_class not in CLASSES:
-        raise DatasetError(f"config dataset.shapes.spurious_class = {config.spurious_class!r} is not a shapes class; choose one of {', '.join(CLASSES)} or null")
+        raise DatasetError(
+            f"config dataset.shapes.spurious_class = {config.spurious_class!r} "
+            f"is not a shapes class; choose one of {', '.join(CLASSES)} or "
+            "null"
+        )
     spurious_label = None if config.spurious_class is None else CLASSES.index(config.spurious_class)
     rng = np.random.default_rng(config.seed)
     plan = [(label, False) for label in range(len(CLASSES)) for _ in range(config.train_per_class)]
@@ -170,7 +188,13 @@ def generate(config: ShapesConfig) -> dict[str, np.ndarray]:
         textures[row] = rng.choice(len(TEXTURES), p=_texture_weights(label, not is_test, spurious_label, config))
         images[row], masks[row] = render(label, TEXTURES[textures[row]], size, rng)
     labels = np.array([label for label, _ in plan], np.int64)
-    return {"images": images, "masks": masks, "labels": labels, "textures": textures, "is_test": np.array([t for _, t in plan])}
+    return {
+        "images": images,
+        "masks": masks,
+        "labels": labels,
+        "textures": textures,
+        "is_test": np.array([t for _, t in plan]),
+    }
 
 
 def prepare(config: DatasetConfig, out_dir: Path) -> DatasetIndex:
@@ -180,8 +204,11 @@ def prepare(config: DatasetConfig, out_dir: Path) -> DatasetIndex:
     train_rows = np.flatnonzero(~arrays["is_test"])
     train_labels = arrays["labels"][train_rows].tolist()
     kept, held = stratified_split(train_labels, config.val_fraction, config.split_seed)
-    rows = {"train": train_rows[kept].tolist(), "val": train_rows[held].tolist(),
-            "test": np.flatnonzero(arrays["is_test"]).tolist()}
+    rows = {
+        "train": train_rows[kept].tolist(),
+        "val": train_rows[held].tolist(),
+        "test": np.flatnonzero(arrays["is_test"]).tolist(),
+    }
     return DatasetIndex(
         kind="shapes",
         root=str(out_dir.resolve()),

@@ -39,28 +39,51 @@ def _layers(layers: Mapping[str, object], model: str) -> list[str] | None:
 
 def _gradcam(figures: FiguresConfig, model: str) -> dict:
     cam = figures.gradcam
-    return {"layers": _layers(cam.layers, model), "num_images": cam.num_images, "correct_only": cam.correct_only,
-            "method": cam.method, "cmap": cam.cmap, "alpha": cam.alpha}
+    return {
+        "layers": _layers(cam.layers, model),
+        "num_images": cam.num_images,
+        "correct_only": cam.correct_only,
+        "method": cam.method,
+        "cmap": cam.cmap,
+        "alpha": cam.alpha,
+    }
 
 
 def _failures(figures: FiguresConfig, model: str) -> dict:
     # The failure maps are Grad-CAM's own: same method and colours, at its deepest layer.
     cam = figures.gradcam
     layers = _layers(cam.layers, model)
-    return {"k": figures.failures.k, "layer": layers[-1] if layers else None, "method": cam.method,
-            "cmap": cam.cmap, "alpha": cam.alpha}
+    return {
+        "k": figures.failures.k,
+        "layer": layers[-1] if layers else None,
+        "method": cam.method,
+        "cmap": cam.cmap,
+        "alpha": cam.alpha,
+    }
 
 
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
         Family("architecture", "architecture", "Architecture", (), lambda figures, model: {}),
-        Family("filters", "filters", "Filters", (),
-               lambda figures, model: {"layers": _layers(figures.filters.layers, model), "cmap": figures.filters.cmap}),
-        Family("feature_maps", "features", "Feature maps", (),
-               lambda figures, model: {"layers": _layers(figures.feature_maps.layers, model),
-                                       "num_images": figures.feature_maps.num_images,
-                                       "top_k": figures.feature_maps.top_k}),
+        Family(
+            "filters",
+            "filters",
+            "Filters",
+            (),
+            lambda figures, model: {"layers": _layers(figures.filters.layers, model), "cmap": figures.filters.cmap},
+        ),
+        Family(
+            "feature_maps",
+            "features",
+            "Feature maps",
+            (),
+            lambda figures, model: {
+                "layers": _layers(figures.feature_maps.layers, model),
+                "num_images": figures.feature_maps.num_images,
+                "top_k": figures.feature_maps.top_k,
+            },
+        ),
         Family("training", "training", "Training", ("metrics",), lambda figures, model: {}),
         Family("gradcam", "gradcam", "Grad-CAM", ("predictions",), _gradcam),
         Family("failures", "failures", "Failure cases", ("predictions",), _failures),

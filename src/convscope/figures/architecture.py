@@ -38,8 +38,12 @@ def _details(module: nn.Module) -> str:
 def stage_table(model: nn.Module, input_size: int) -> list[dict[str, object]]:
     """One row per stage (see ``figures.stages``) at a 1×3×``input_size``² input, measured by torchinfo."""
     summary = torchinfo.summary(
-        model, input_size=(1, 3, input_size, input_size), depth=2,
-        col_names=("output_size", "num_params", "kernel_size"), verbose=0, device="cpu",
+        model,
+        input_size=(1, 3, input_size, input_size),
+        depth=2,
+        col_names=("output_size", "num_params", "kernel_size"),
+        verbose=0,
+        device="cpu",
     )
     infos = {}
     for info in summary.summary_list:
@@ -48,12 +52,14 @@ def stage_table(model: nn.Module, input_size: int) -> list[dict[str, object]]:
     for name, module in stages(model).items():
         info = infos.get(id(module))
         shape = "×".join(map(str, info.output_size[1:])) if info is not None and info.output_size else "not called"
-        rows.append({
-            "layer": name,
-            "output_shape": shape,
-            "parameters": sum(p.numel() for p in module.parameters()) if info is None else info.num_params,
-            "details": _details(module),
-        })
+        rows.append(
+            {
+                "layer": name,
+                "output_shape": shape,
+                "parameters": sum(p.numel() for p in module.parameters()) if info is None else info.num_params,
+                "details": _details(module),
+            }
+        )
     return rows
 
 

@@ -34,7 +34,7 @@ PANEL_INCHES = 1.55
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Writes ``fig`` as a PNG at 150 dpi (atomically) and closes it; figures use constrained layout, so nothing is cut."""
+    """Writes ``fig`` as a PNG at 150 dpi (atomically) and closes it; constrained layout keeps everything inside."""
     try:
         return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     finally:
@@ -50,9 +50,11 @@ def save_text(path: str | Path, text: str) -> Path:
     """Writes UTF-8 text atomically."""
     return write_text_atomic(path, text)
 
+
 def model_label(config: ModelConfig) -> str:
     """How titles name a model: its configured name, with the architecture when that differs."""
     return config.name if config.name == config.arch else f"{config.name} ({config.arch})"
+
 
 def pair(value: int | tuple[int, ...]) -> str:
     """A kernel or stride as ``7×7`` (ints are square)."""
@@ -68,6 +70,7 @@ def tile(images: torch.Tensor, pad_value: float) -> np.ndarray:
     grid = torchvision.utils.make_grid(images, nrow=nrow, padding=1, pad_value=pad_value)
     # make_grid copies a single channel to three; keep one so colour maps apply.
     return grid[: images.shape[1]].permute(1, 2, 0).numpy()
+
 
 def display_images(inputs: torch.Tensor, config: ModelConfig) -> np.ndarray:
     """Model inputs as N×H×W×3 float images in [0, 1] for imshow."""
@@ -105,13 +108,21 @@ def clear_axes(ax: Axes) -> None:
 
 def cam_colorbar(fig: Figure, axes: np.ndarray, cmap: str) -> None:
     """One colour bar for every heatmap of the figure (all maps share the [0, 1] scale)."""
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(np.ravel(axes)), shrink=min(0.6, 3 / axes.shape[0]), aspect=25, pad=0.02)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap),
+        ax=list(np.ravel(axes)),
+        shrink=min(0.6, 3 / axes.shape[0]),
+        aspect=25,
+        pad=0.02,
+    )
     # A one-row figure's bar is shorter than the label: two lines keep it inside the figure.
     bar.set_label(CAM_LABEL if axes.shape[0] > 1 else CAM_LABEL.replace(", ", ",\n"), fontsize=SMALL)
     bar.ax.tick_params(labelsize=SMALL)
 
 
-def grid(rows: int, cols: int, title: str, label_inches: float = 0.0, title_lines: int = 0) -> tuple[Figure, np.ndarray]:
+def grid(
+    rows: int, cols: int, title: str, label_inches: float = 0.0, title_lines: int = 0
+) -> tuple[Figure, np.ndarray]:
     """A figure of rows×cols image panels (2-D axes array) with a title, room for a colour bar, row labels
     (``label_inches`` wide) and ``title_lines`` lines of panel title above every row."""
     # "compressed" is constrained layout that also closes the gaps square images leave between columns; it
@@ -136,4 +147,6 @@ def check_heatmap_options(method: str, cmap: str, alpha: float) -> None:
 def check_cmap(cmap: str) -> None:
     """Raises ConfigError for a name that is not a matplotlib colour map."""
     if cmap not in matplotlib.colormaps:
-        raise ConfigError(f"unknown colour map {cmap!r}; use a matplotlib colour map such as 'jet', 'inferno' or 'RdBu_r'")
+        raise ConfigError(
+            f"unknown colour map {cmap!r}; use a matplotlib colour map such as 'jet', 'inferno' or 'RdBu_r'"
+        )

@@ -39,7 +39,10 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
     x = np.arange(len(layers))
     width = 0.8 / len(methods)
     first = report["methods"][methods[0]]["localisation"][layers[0]]["baselines"]
-    metrics = {"pointing_game": "pointing game: share of maps\nwhose maximum is on the object", "energy": "energy pointing game: share\nof the map's mass on the object"}
+    metrics = {
+        "pointing_game": "pointing game: share of maps\nwhose maximum is on the object",
+        "energy": "energy pointing game: share\nof the map's mass on the object",
+    }
     for row, (metric, ylabel) in enumerate(metrics.items()):
         for col, group in enumerate(GROUPS[1:]):
             ax = axes[row, col]
@@ -49,7 +52,9 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
                 entries = [report["methods"][method]["localisation"][layer][group] for layer in layers]
                 values = [np.nan if e[metric] is None else e[metric] for e in entries]
                 flagged += sum(e["flagged"] for e in entries)
-                ax.bar(x + (k - (len(methods) - 1) / 2) * width, values, width, color=f"C{k}", label=METHOD_NAMES[method])
+                ax.bar(
+                    x + (k - (len(methods) - 1) / 2) * width, values, width, color=f"C{k}", label=METHOD_NAMES[method]
+                )
             for who, (colour, style) in BASELINE_STYLES.items():
                 value = first[who][group][metric]
                 if value is not None:
@@ -66,25 +71,38 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
                 ax.set_ylabel(ylabel, fontsize=drawing.SMALL)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=drawing.SMALL)
-    fig.suptitle(f"{drawing.model_label(config)}: is the CAM on the object? Test split, pointing tolerance {report['tolerance_px']:.1f} px\n"
-                 "centre baseline: Gaussian at the image centre; random baseline: uniform noise", fontsize=10)
+    fig.suptitle(
+        f"{drawing.model_label(config)}: is the CAM on the object? Test "
+        f"split, pointing tolerance {report['tolerance_px']:.1f} px\n"
+        "centre baseline: Gaussian at the image centre; random baseline: uniform noise",
+        fontsize=10,
+    )
     return fig
 
 
-def _curves_figure(config: ModelConfig, report: dict, curves: dict[str, Curves], undefined: dict[str, torch.Tensor], baseline: Curves) -> Figure:
+def _curves_figure(
+    config: ModelConfig, report: dict, curves: dict[str, Curves], undefined: dict[str, torch.Tensor], baseline: Curves
+) -> Figure:
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     fractions = baseline.fractions.numpy()
     aucs = report["methods"][next(iter(curves))]["faithfulness"]  # random-map AUCs are the same for every method
-    kinds = {"deletion": ("deleted (set to the dataset mean)", "lower AUC is better"),
-             "insertion": ("restored into the blurred image", "higher AUC is better")}
+    kinds = {
+        "deletion": ("deleted (set to the dataset mean)", "lower AUC is better"),
+        "insertion": ("restored into the blurred image", "higher AUC is better"),
+    }
     for ax, (kind, (action, better)) in zip(axes, kinds.items()):
         for k, (method, c) in enumerate(curves.items()):
             auc = report["methods"][method]["faithfulness"][f"{kind}_auc"]
             mean = getattr(c, kind)[~undefined[method]].mean(0).numpy()
             ax.plot(fractions, mean, color=f"C{k}", label=f"{METHOD_NAMES[method]} (AUC {auc})")
-        ax.plot(fractions, getattr(baseline, kind).mean(0).numpy(), color="0.45", linestyle="--",
-                label=f"random map (AUC {aucs[f'random_{kind}_auc']})")
+        ax.plot(
+            fractions,
+            getattr(baseline, kind).mean(0).numpy(),
+            color="0.45",
+            linestyle="--",
+            label=f"random map (AUC {aucs[f'random_{kind}_auc']})",
+        )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(f"share of pixels {action}, most salient first", fontsize=drawing.SMALL)
@@ -92,8 +110,11 @@ def _curves_figure(config: ModelConfig, report: dict, curves: dict[str, Curves],
         ax.set_title(f"{kind}: {better}", fontsize=9)
         ax.tick_params(labelsize=drawing.SMALL)
         ax.legend(fontsize=drawing.SMALL)
-    fig.suptitle(f"{drawing.model_label(config)}: do the {report['layer']} maps find what the score needs? "
-                 f"{report['num_images']} test images, {report['steps']} steps", fontsize=10)
+    fig.suptitle(
+        f"{drawing.model_label(config)}: do the {report['layer']} maps find what the score needs? "
+        f"{report['num_images']} test images, {report['steps']} steps",
+        fontsize=10,
+    )
     return fig
 
 
@@ -106,9 +127,24 @@ def _sanity_curves_figure(config: ModelConfig, report: dict, sanity: dict[str, S
     for k, (method, s) in enumerate(sanity.items()):
         verdict = {True: "passes", False: "fails", None: "undefined"}[s.passes]
         # Step 0 compares the trained model's maps with themselves: 1 by definition, drawn as the starting point.
-        axes[0].plot(x, [1.0, *s.mean_spearman.tolist()], marker="o", markersize=3, color=f"C{k}", label=f"{METHOD_NAMES[method]}: {verdict}")
-        axes[1].plot(x, [1.0, *s.mean_ssim.tolist()], marker="o", markersize=3, color=f"C{k}", label=METHOD_NAMES[method])
-    axes[0].axhline(SANITY_THRESHOLD, color="0.45", linestyle="--", linewidth=1, label=f"pass: below {SANITY_THRESHOLD} when all are random")
+        axes[0].plot(
+            x,
+            [1.0, *s.mean_spearman.tolist()],
+            marker="o",
+            markersize=3,
+            color=f"C{k}",
+            label=f"{METHOD_NAMES[method]}: {verdict}",
+        )
+        axes[1].plot(
+            x, [1.0, *s.mean_ssim.tolist()], marker="o", markersize=3, color=f"C{k}", label=METHOD_NAMES[method]
+        )
+    axes[0].axhline(
+        SANITY_THRESHOLD,
+        color="0.45",
+        linestyle="--",
+        linewidth=1,
+        label=f"pass: below {SANITY_THRESHOLD} when all are random",
+    )
     for ax, what in zip(axes, ("Spearman rank correlation", "SSIM")):
         ax.set_xticks(x, ticks, rotation=45, ha="right", fontsize=drawing.SMALL)
         ax.set_xlabel("stages re-initialised (cumulative, head first)", fontsize=drawing.SMALL)
@@ -116,27 +152,47 @@ def _sanity_curves_figure(config: ModelConfig, report: dict, sanity: dict[str, S
         ax.set_ylim(top=1.05)
         ax.tick_params(axis="y", labelsize=drawing.SMALL)
         ax.legend(fontsize=drawing.SMALL)
-    fig.suptitle(f"{drawing.model_label(config)}: do the {report['layer']} maps change as the weights are destroyed? "
-                 f"{report['num_images']} test images", fontsize=10)
+    fig.suptitle(
+        f"{drawing.model_label(config)}: do the {report['layer']} maps change as the weights are destroyed? "
+        f"{report['num_images']} test images",
+        fontsize=10,
+    )
     return fig
 
 
-def _sanity_maps_figure(config: ModelConfig, report: dict, images: np.ndarray, names: list[str], sanity: dict[str, Sanity],
-                        picked: list[int], cmap: str, alpha: float) -> Figure:
+def _sanity_maps_figure(
+    config: ModelConfig,
+    report: dict,
+    images: np.ndarray,
+    names: list[str],
+    sanity: dict[str, Sanity],
+    picked: list[int],
+    cmap: str,
+    alpha: float,
+) -> Figure:
     methods = list(sanity)
     steps = next(iter(sanity.values())).steps
-    fig, axes = drawing.grid(len(images) * len(methods), 2 + len(picked), f"{drawing.model_label(config)}: {report['layer']} maps as the stages are re-initialised, head first",
-                     label_inches=1.2, title_lines=2)
+    fig, axes = drawing.grid(
+        len(images) * len(methods),
+        2 + len(picked),
+        f"{drawing.model_label(config)}: {report['layer']} maps as the stages are re-initialised, head first",
+        label_inches=1.2,
+        title_lines=2,
+    )
     for e, image in enumerate(images):
         for k, (method, s) in enumerate(sanity.items()):
             row = e * len(methods) + k
             axes[row, 0].imshow(image)
             drawing.clear_axes(axes[row, 0])
-            axes[row, 0].set_ylabel(f"{names[e]}\n{METHOD_NAMES[method]}", rotation=0, ha="right", va="center", fontsize=drawing.SMALL)
+            axes[row, 0].set_ylabel(
+                f"{names[e]}\n{METHOD_NAMES[method]}", rotation=0, ha="right", va="center", fontsize=drawing.SMALL
+            )
             drawing.draw_cam(axes[row, 1], image, s.original[e].numpy(), bool(s.undefined[e]), cmap, alpha)
             for col, step in enumerate(picked, start=2):
                 randomised = s.maps[step, e]
-                drawing.draw_cam(axes[row, col], image, randomised.numpy(), bool(undefined_maps(randomised[None])[0]), cmap, alpha)
+                drawing.draw_cam(
+                    axes[row, col], image, randomised.numpy(), bool(undefined_maps(randomised[None])[0]), cmap, alpha
+                )
                 rho, similarity = s.spearman[step, e].item(), s.ssim[step, e].item()
                 header = f"+{steps[step]} ({step + 1}/{len(steps)})\n" if row == 0 else ""
                 axes[row, col].set_title(f"{header}ρ={rho:.2f} SSIM={similarity:.2f}", fontsize=drawing.SMALL)

@@ -59,10 +59,26 @@ def _as_float(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _failures_figure(config: ModelConfig, rows: pd.DataFrame, images: np.ndarray, arrays: dict[str, np.ndarray], probabilities: torch.Tensor,
-                     energies: dict[str, np.ndarray], textures: list[str] | None, classes: list[str], layer: str,
-                     method: str, cmap: str, alpha: float) -> Figure:
-    fig, axes = drawing.grid(len(rows), 3, f"{drawing.model_label(config)}: most confident test misclassifications\n{METHOD_NAMES[method]} at {layer}", title_lines=2)
+def _failures_figure(
+    config: ModelConfig,
+    rows: pd.DataFrame,
+    images: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    probabilities: torch.Tensor,
+    energies: dict[str, np.ndarray],
+    textures: list[str] | None,
+    classes: list[str],
+    layer: str,
+    method: str,
+    cmap: str,
+    alpha: float,
+) -> Figure:
+    fig, axes = drawing.grid(
+        len(rows),
+        3,
+        f"{drawing.model_label(config)}: most confident test misclassifications\n{METHOD_NAMES[method]} at {layer}",
+        title_lines=2,
+    )
     for row, record in enumerate(rows.to_dict("records")):
         mask = arrays["masks"][row] if "masks" in arrays else None
         axes[row, 0].imshow(images[row])
@@ -72,16 +88,28 @@ def _failures_figure(config: ModelConfig, rows: pd.DataFrame, images: np.ndarray
         axes[row, 0].set_title(f"test image {record['index']}{on}", fontsize=drawing.SMALL)
         for col, kind in enumerate(("pred", "true"), start=1):
             target = int(record["pred" if kind == "pred" else "label"])
-            drawing.draw_cam(axes[row, col], images[row], arrays[f"cam_{kind}"][row], bool(arrays[f"flags_{kind}"][row]), cmap, alpha)
+            drawing.draw_cam(
+                axes[row, col], images[row], arrays[f"cam_{kind}"][row], bool(arrays[f"flags_{kind}"][row]), cmap, alpha
+            )
             _contour(axes[row, col], mask)
             share = energies[kind][row] if energies else math.nan
             inside = f", {share:.0%} in mask" if math.isfinite(share) else ""
-            axes[row, col].set_title(f"{kind}: {classes[target]}\n{drawing.prob(probabilities[row, target])}{inside}", fontsize=drawing.SMALL)
+            axes[row, col].set_title(
+                f"{kind}: {classes[target]}\n{drawing.prob(probabilities[row, target])}{inside}", fontsize=drawing.SMALL
+            )
     drawing.cam_colorbar(fig, axes[:, 1:], cmap)
     return fig
 
 
-def _energy_figure(config: ModelConfig, energies: np.ndarray, correct: np.ndarray, areas: np.ndarray, stats: dict, layer: str, method: str) -> Figure:
+def _energy_figure(
+    config: ModelConfig,
+    energies: np.ndarray,
+    correct: np.ndarray,
+    areas: np.ndarray,
+    stats: dict,
+    layer: str,
+    method: str,
+) -> Figure:
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
     bins = np.linspace(0, 1, 21)
@@ -99,11 +127,18 @@ def _energy_figure(config: ModelConfig, energies: np.ndarray, correct: np.ndarra
         ax.text(0.5, 0.5, "no non-constant maps to measure", transform=ax.transAxes, ha="center", va="center")
     else:
         ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # headroom, so the legend does not cover the bars
-        ax.legend(loc="upper right", fontsize=drawing.SMALL, title="dashed: group mean; mask covers: its mean share of the image", title_fontsize=drawing.SMALL)
+        ax.legend(
+            loc="upper right",
+            fontsize=drawing.SMALL,
+            title="dashed: group mean; mask covers: its mean share of the image",
+            title_fontsize=drawing.SMALL,
+        )
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of Grad-CAM energy inside the object mask")
     ax.set_ylabel("density")
-    ax.set_title(f"{drawing.model_label(config)}: where the predicted class's {METHOD_NAMES[method]} lies ({layer})", fontsize=10)
+    ax.set_title(
+        f"{drawing.model_label(config)}: where the predicted class's {METHOD_NAMES[method]} lies ({layer})", fontsize=10
+    )
     return fig
 
 
@@ -154,11 +189,23 @@ def render_failures(
     indices = rows["index"].tolist()
     size = config.input_size
     no_maps = np.zeros((0, size, size), np.float32)  # keeps every key present when nothing was misclassified
-    arrays = {"inputs": np.zeros((0, 3, size, size), np.float32), "indices": np.asarray(indices, np.int64),
-              "labels": rows["label"].to_numpy(np.int64), "preds": rows["pred"].to_numpy(np.int64), "layer": np.asarray(layer),
-              "cam_pred": no_maps, "flags_pred": np.zeros(0, bool), "cam_true": no_maps, "flags_true": np.zeros(0, bool)}
+    arrays = {
+        "inputs": np.zeros((0, 3, size, size), np.float32),
+        "indices": np.asarray(indices, np.int64),
+        "labels": rows["label"].to_numpy(np.int64),
+        "preds": rows["pred"].to_numpy(np.int64),
+        "layer": np.asarray(layer),
+        "cam_pred": no_maps,
+        "flags_pred": np.zeros(0, bool),
+        "cam_true": no_maps,
+        "flags_true": np.zeros(0, bool),
+    }
     if has_masks:
-        arrays |= {"masks": no_maps.astype(bool), "energy_pred": np.zeros(0, np.float32), "energy_true": np.zeros(0, np.float32)}
+        arrays |= {
+            "masks": no_maps.astype(bool),
+            "energy_pred": np.zeros(0, np.float32),
+            "energy_true": np.zeros(0, np.float32),
+        }
     energies: dict[str, np.ndarray] = {}
     if indices:
         inputs = torch.stack([source[i][0] for i in indices])
@@ -170,19 +217,51 @@ def render_failures(
             if has_masks:
                 energies[kind] = arrays[f"energy_{kind}"] = energy_in_mask(result.maps[layer], masks).numpy()
         probabilities = result.logits.softmax(1)
-        stale = (probabilities[torch.arange(len(indices)), rows["pred"].tolist()] - torch.tensor(rows["confidence"].tolist())).abs()
+        stale = (
+            probabilities[torch.arange(len(indices)), rows["pred"].tolist()] - torch.tensor(rows["confidence"].tolist())
+        ).abs()
         if stale.max() > CONFIDENCE_TOLERANCE:
-            raise ArtifactError(f"predictions file {str(predictions_path)!r} does not match checkpoint {str(checkpoint_path)!r} (test #{indices[int(stale.argmax())]} differs); rerun evaluate")
-        fig = _failures_figure(config, rows, drawing.display_images(inputs, config), arrays, probabilities, energies, textures, source.classes, layer, method, cmap, alpha)
+            raise ArtifactError(
+                f"predictions file {str(predictions_path)!r} does not match checkpoint "
+                f"{str(checkpoint_path)!r} (test #{indices[int(stale.argmax())]} "
+                "differs); rerun evaluate"
+            )
+        fig = _failures_figure(
+            config,
+            rows,
+            drawing.display_images(inputs, config),
+            arrays,
+            probabilities,
+            energies,
+            textures,
+            source.classes,
+            layer,
+            method,
+            cmap,
+            alpha,
+        )
     else:
         fig = Figure(figsize=(5, 2), layout="constrained")
-        fig.text(0.5, 0.5, f"{drawing.model_label(config)}: no misclassified test images", ha="center", va="center", fontsize=11)
+        fig.text(
+            0.5,
+            0.5,
+            f"{drawing.model_label(config)}: no misclassified test images",
+            ha="center",
+            va="center",
+            fontsize=11,
+        )
 
     records: list[Failure] = []
     for row, record in enumerate(rows.to_dict("records")):
         i, label, pred = int(record["index"]), int(record["label"]), int(record["pred"])
-        entry = {"index": i, "label": label, "label_name": source.classes[label], "pred": pred, "pred_name": source.classes[pred],
-                 "confidence": float(record["confidence"])}
+        entry = {
+            "index": i,
+            "label": label,
+            "label_name": source.classes[label],
+            "pred": pred,
+            "pred_name": source.classes[pred],
+            "confidence": float(record["confidence"]),
+        }
         if textures:
             entry["texture"] = textures[i]
         entry["energy_in_mask_pred"] = _as_float(energies["pred"][row]) if energies else None
@@ -196,9 +275,17 @@ def render_failures(
         arrays |= {"test_energy_in_mask": values, "test_correct": correct, "test_mask_area": areas}
         stats = {"correct": summary(values[correct]), "misclassified": summary(values[~correct])}
         mask_area = {"correct": summary(areas[correct])["mean"], "misclassified": summary(areas[~correct])["mean"]}
-        energy_figure = drawing.save_figure(_energy_figure(config, values, correct, areas, stats, layer, method), out_dir / "failure_energy.png")
+        energy_figure = drawing.save_figure(
+            _energy_figure(config, values, correct, areas, stats, layer, method), out_dir / "failure_energy.png"
+        )
     paths.append(drawing.save_arrays(out_dir / "failures.npz", **arrays))
-    summary_json: Failures = {"k": k, "layer": layer, "failures": records, "energy_in_mask": stats, "mask_area": mask_area}
+    summary_json: Failures = {
+        "k": k,
+        "layer": layer,
+        "failures": records,
+        "energy_in_mask": stats,
+        "mask_area": mask_area,
+    }
     paths.append(drawing.save_text(out_dir / "failures.json", json.dumps(summary_json, indent=1) + "\n"))
     return paths + ([energy_figure] if has_masks else [])
 

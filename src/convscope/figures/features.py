@@ -92,7 +92,11 @@ def render_feature_maps(
         layers = find_layers(model, layers, conv_module_names(model))
     source = open_split(index_path, "test", build_transform(config, train=False))
     if source.classes != checkpoint["classes"]:
-        raise ArtifactError(f"dataset {str(index_path)!r} has other classes than checkpoint {str(checkpoint_path)!r}; use the dataset the model was trained on")
+        raise ArtifactError(
+            f"dataset {str(index_path)!r} has other classes than checkpoint "
+            f"{str(checkpoint_path)!r}; use the dataset the model was trained "
+            "on"
+        )
     if num_images > len(source):
         raise ConfigError(f"num_images = {num_images} but the test split has {len(source)} images; lower num_images")
     out_dir = Path(out_dir)
@@ -108,27 +112,45 @@ def render_feature_maps(
     predicted = probabilities.argmax(dim=1)
     idle = [name for name in hooked if name not in recorder.outputs]
     if layers and idle:
-        raise LayerError(f"layer {idle[0]!r} does not run when the model evaluates (InceptionV3's AuxLogits runs only in training); choose another layer")
+        raise LayerError(
+            f"layer {idle[0]!r} does not run when the model evaluates (InceptionV3's "
+            "AuxLogits runs only in training); choose another layer"
+        )
     # By default, stages that do not run in eval mode (InceptionV3's AuxLogits) have no map to show.
-    layers = layers or stage_boundaries([name for name in hooked if name not in idle], recorder.outputs)[-DEFAULT_DEPTH:]
+    layers = (
+        layers or stage_boundaries([name for name in hooked if name not in idle], recorder.outputs)[-DEFAULT_DEPTH:]
+    )
 
     tops = {}  # layer → top-k channel indices, their mean activations and their maps, each N×k(×h×w)
-    arrays: dict[str, object] = {"indices": picked, "labels": labels, "predictions": predicted,
-                                 "images": denormalise(inputs, config), "layers": layers}
+    arrays: dict[str, object] = {
+        "indices": picked,
+        "labels": labels,
+        "predictions": predicted,
+        "images": denormalise(inputs, config),
+        "layers": layers,
+    }
     for layer in layers:
         activation = recorder.outputs[layer].float()
         means = activation.mean(dim=(2, 3))
         top = means.topk(min(top_k, means.shape[1]), dim=1)
         maps = torch.stack([activation[n, top.indices[n]] for n in range(len(picked))])
         tops[layer] = (top.indices, top.values, maps)
-        arrays.update({f"{layer}/channel_means": means, f"{layer}/top_channels": top.indices,
-                       f"{layer}/top_means": top.values, f"{layer}/top_maps": maps})
+        arrays.update(
+            {
+                f"{layer}/channel_means": means,
+                f"{layer}/top_channels": top.indices,
+                f"{layer}/top_means": top.values,
+                f"{layer}/top_maps": maps,
+            }
+        )
 
     label, files = model_label(config), []
     for n, position in enumerate(picked):
         rows = {layer: (channels[n], means[n], maps[n]) for layer, (channels, means, maps) in tops.items()}
-        title = (f"test image {position}, true {source.classes[labels[n]]}, predicted {source.classes[predicted[n]]} "
-                 f"({probabilities[n, predicted[n]]:.0%})")
+        title = (
+            f"test image {position}, true {source.classes[labels[n]]}, predicted {source.classes[predicted[n]]} "
+            f"({probabilities[n, predicted[n]]:.0%})"
+        )
         files.append(save_figure(_figure(label, arrays["images"][n], title, rows), out_dir / f"feature_maps_{n}.png"))
     files.append(save_arrays(out_dir / "feature_maps.npz", **arrays))
     return files

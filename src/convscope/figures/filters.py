@@ -44,8 +44,12 @@ def _render_first(model: nn.Module, label: str, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 6.4), layout="constrained")
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
-    fig.suptitle(f"{label}: first conv layer {name}\n{len(weight)} filters, {pair(conv.kernel_size)} kernels, shown as RGB")
-    fig.supxlabel(f"one min-max scaling shared by all filters: weight {low:.3g} → black, {high:.3g} → white", fontsize=SMALL)
+    fig.suptitle(
+        f"{label}: first conv layer {name}\n{len(weight)} filters, {pair(conv.kernel_size)} kernels, shown as RGB"
+    )
+    fig.supxlabel(
+        f"one min-max scaling shared by all filters: weight {low:.3g} → black, {high:.3g} → white", fontsize=SMALL
+    )
     return [
         save_figure(fig, out_dir / "filters_first.png"),
         save_arrays(out_dir / "filters_first.npz", layer=name, weight=weight.numpy(), grid=grid, low=low, high=high),
@@ -101,7 +105,9 @@ def render_filters(
     """
     check_cmap(cmap)
     _, config, model = load_model(checkpoint_path)
-    layers = find_layers(model, [default_deep_layer(model)] if layers is None else layers, list(conv_layers(model)), "conv layer")
+    layers = find_layers(
+        model, [default_deep_layer(model)] if layers is None else layers, list(conv_layers(model)), "conv layer"
+    )
     out_dir = Path(out_dir)
     label = model_label(config)
     files = _render_first(model, label, out_dir)

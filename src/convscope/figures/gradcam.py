@@ -9,8 +9,7 @@ N×C×H×W tensors fed to the model), ``targets`` (explained class, int64), ``la
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +26,43 @@ from convscope.figures import drawing
 from convscope.models import default_cam_layers, find_layers
 
 
-def _layers_figure(config: ModelConfig, images: np.ndarray, result: CamResult, labels: list[int], classes: list[str], names: list[str], method: str, cmap: str, alpha: float) -> Figure:
+def _layers_figure(
+    config: ModelConfig,
+    images: np.ndarray,
+    result: CamResult,
+    labels: list[int],
+    classes: list[str],
+    names: list[str],
+    method: str,
+    cmap: str,
+    alpha: float,
+) -> Figure:
     layers = list(result.maps)
     probabilities = result.logits.softmax(1)
     blank = result.flag_count()
-    title = f"{drawing.model_label(config)}: {METHOD_NAMES[method]} for the predicted class, per layer" + (f" ({drawing.plural(blank, 'blank map')})" if blank else "")
+    title = f"{drawing.model_label(config)}: {METHOD_NAMES[method]} for the predicted class, per layer" + (
+        f" ({drawing.plural(blank, 'blank map')})" if blank else ""
+    )
     fig, axes = drawing.grid(len(images), 1 + len(layers), title, label_inches=1.2)
     for row, (image, label, target) in enumerate(zip(images, labels, result.targets.tolist())):
         axes[row, 0].imshow(image)
         drawing.clear_axes(axes[row, 0])
         colour = "black" if label == target else "firebrick"
-        axes[row, 0].set_ylabel(f"{names[row]}\ntrue: {classes[label]}\npred: {classes[target]} ({drawing.prob(probabilities[row, target])})",
-                                rotation=0, ha="right", va="center", fontsize=drawing.SMALL, color=colour)
+        axes[row, 0].set_ylabel(
+            (
+                f"{names[row]}\ntrue: {classes[label]}\npred: {classes[target]} "
+                f"({drawing.prob(probabilities[row, target])})"
+            ),
+            rotation=0,
+            ha="right",
+            va="center",
+            fontsize=drawing.SMALL,
+            color=colour,
+        )
         for col, layer in enumerate(layers, start=1):
-            drawing.draw_cam(axes[row, col], image, result.maps[layer][row].numpy(), bool(result.flags[layer][row]), cmap, alpha)
+            drawing.draw_cam(
+                axes[row, col], image, result.maps[layer][row].numpy(), bool(result.flags[layer][row]), cmap, alpha
+            )
     axes[0, 0].set_title("input", fontsize=9)
     for col, layer in enumerate(layers, start=1):
         count = result.flag_count(layer)
@@ -102,14 +124,20 @@ def render_gradcam(
         rows = read_test_predictions(predictions_path, source)
         candidates = rows.index[rows["pred"] == rows["label"]].tolist()
         if not candidates:
-            raise ConfigError(f"no test image is classified correctly by {config.name}; set figures.gradcam.correct_only: false")
+            raise ConfigError(
+                f"no test image is classified correctly by {config.name}; set figures.gradcam.correct_only: false"
+            )
     indices = [candidates[i] for i in sample_indices([source.labels[i] for i in candidates], num_images)]
     inputs = torch.stack([source[i][0] for i in indices]).float()
     labels = [source.labels[i] for i in indices]
     result = grad_cam(model, inputs, layers, method=method)
     images = drawing.display_images(inputs, config)
-    arrays = {"inputs": inputs.numpy(), "targets": result.targets.numpy().astype(np.int64),
-              "labels": np.asarray(labels, np.int64), "layers": np.asarray(list(result.maps), dtype=str)}
+    arrays = {
+        "inputs": inputs.numpy(),
+        "targets": result.targets.numpy().astype(np.int64),
+        "labels": np.asarray(labels, np.int64),
+        "layers": np.asarray(list(result.maps), dtype=str),
+    }
     for layer in result.maps:
         arrays[f"cam_{layer}"] = result.maps[layer].numpy().astype(np.float32)
         arrays[f"flags_{layer}"] = result.flags[layer].numpy().astype(bool)
@@ -117,27 +145,70 @@ def render_gradcam(
     names = [f"{split} image {i}" for i in indices]  # the index the report and predictions.csv use
     fig = _layers_figure(config, images, result, labels, source.classes, names, method, cmap, alpha)
     paths.append(drawing.save_figure(fig, out_dir / "gradcam_layers.png"))
-    paths += _render_classes(config, model, inputs, images, labels, source.classes, indices, names, layers[-1], result.logits, out_dir, method, cmap, alpha)
+    paths += _render_classes(
+        config,
+        model,
+        inputs,
+        images,
+        labels,
+        source.classes,
+        indices,
+        names,
+        layers[-1],
+        result.logits,
+        out_dir,
+        method,
+        cmap,
+        alpha,
+    )
     return paths
 
 
-def _render_classes(config: ModelConfig, model: nn.Module, inputs: torch.Tensor, images: np.ndarray, labels: list[int], classes: list[str],
-                    indices: list[int], names: list[str], layer: str, logits: torch.Tensor, out_dir: Path, method: str, cmap: str, alpha: float) -> list[Path]:
+def _render_classes(
+    config: ModelConfig,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    images: np.ndarray,
+    labels: list[int],
+    classes: list[str],
+    indices: list[int],
+    names: list[str],
+    layer: str,
+    logits: torch.Tensor,
+    out_dir: Path,
+    method: str,
+    cmap: str,
+    alpha: float,
+) -> list[Path]:
     probabilities = logits.softmax(1)
     ranked = logits.argsort(1, descending=True)
     target_sets = {"pred": ranked[:, 0], "true": torch.as_tensor(labels, dtype=torch.long)}
     if logits.shape[1] > 1:
         target_sets["runner_up"] = ranked[:, 1]
-    arrays = {"inputs": inputs.numpy(), "labels": np.asarray(labels, np.int64), "indices": np.asarray(indices, np.int64),
-              "layer": np.asarray(layer), "probabilities": probabilities.numpy()}
+    arrays = {
+        "inputs": inputs.numpy(),
+        "labels": np.asarray(labels, np.int64),
+        "indices": np.asarray(indices, np.int64),
+        "layer": np.asarray(layer),
+        "probabilities": probabilities.numpy(),
+    }
     maps, flags = {}, {}
     for kind, targets in target_sets.items():
         result = grad_cam(model, inputs, [layer], targets=targets, method=method)
         maps[kind], flags[kind] = result.maps[layer].numpy(), result.flags[layer].numpy()
-        arrays |= {f"targets_{kind}": targets.numpy(), f"cam_{kind}": maps[kind].astype(np.float32), f"flags_{kind}": flags[kind].astype(bool)}
+        arrays |= {
+            f"targets_{kind}": targets.numpy(),
+            f"cam_{kind}": maps[kind].astype(np.float32),
+            f"flags_{kind}": flags[kind].astype(bool),
+        }
 
     kinds = {"pred": "pred", "true": "true", "runner_up": "runner-up"}
-    fig, axes = drawing.grid(len(images), 1 + len(target_sets), f"{drawing.model_label(config)}: {METHOD_NAMES[method]} at {layer} for the predicted, true and runner-up class", title_lines=2)
+    fig, axes = drawing.grid(
+        len(images),
+        1 + len(target_sets),
+        f"{drawing.model_label(config)}: {METHOD_NAMES[method]} at {layer} for the predicted, true and runner-up class",
+        title_lines=2,
+    )
     for row, image in enumerate(images):
         axes[row, 0].imshow(image)
         drawing.clear_axes(axes[row, 0])
@@ -145,11 +216,18 @@ def _render_classes(config: ModelConfig, model: nn.Module, inputs: torch.Tensor,
         for col, (kind, targets) in enumerate(target_sets.items(), start=1):
             target = int(targets[row])
             drawing.draw_cam(axes[row, col], image, maps[kind][row], bool(flags[kind][row]), cmap, alpha)
-            axes[row, col].set_title(f"{kinds[kind]}: {classes[target]}\n{drawing.prob(probabilities[row, target])}", fontsize=drawing.SMALL)
+            axes[row, col].set_title(
+                f"{kinds[kind]}: {classes[target]}\n{drawing.prob(probabilities[row, target])}", fontsize=drawing.SMALL
+            )
     drawing.cam_colorbar(fig, axes[:, 1:], cmap)
-    return [drawing.save_arrays(out_dir / "gradcam_classes.npz", **arrays), drawing.save_figure(fig, out_dir / "gradcam_classes.png")]
+    return [
+        drawing.save_arrays(out_dir / "gradcam_classes.npz", **arrays),
+        drawing.save_figure(fig, out_dir / "gradcam_classes.png"),
+    ]
 
 
 def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
     """The family's entry point (see ``convscope.figures``)."""
-    return render_gradcam(inputs["checkpoint"], inputs["index"], out_dir, predictions_path=inputs["predictions"], **settings)
+    return render_gradcam(
+        inputs["checkpoint"], inputs["index"], out_dir, predictions_path=inputs["predictions"], **settings
+    )

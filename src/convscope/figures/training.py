@@ -12,8 +12,8 @@ import pandas as pd
 from matplotlib.colors import PowerNorm
 from matplotlib.ticker import PercentFormatter
 
-from convscope.errors import ArtifactError
 from convscope.config import ModelConfig
+from convscope.errors import ArtifactError
 from convscope.figures.drawing import SMALL, model_label, save_arrays, save_figure, save_text
 from convscope.training import load_checkpoint
 
@@ -61,13 +61,27 @@ def _confusion(normalised: np.ndarray, classes: list[str], label: str, test: dic
     if n <= ANNOTATE_MAX:
         for (row, column), value in np.ndenumerate(normalised):
             if value > 0:
-                ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=SMALL,
-                        color="white" if norm(value) > 0.6 else "black")
+                ax.text(
+                    column,
+                    row,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=SMALL,
+                    color="white" if norm(value) > 0.6 else "black",
+                )
     ax.set_xlabel("predicted class" + ("" if n <= TICKS_MAX else f" (all {n}, in class order)"))
     ax.set_ylabel("true class" + ("" if n <= TICKS_MAX else f" (all {n}, in class order)"))
-    ax.set_title(f"{label}: confusion matrix, test split\nn = {test['n']}, top-1 {test['top1']:.1%}, rows normalised to 1")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class (square-root scale)",
-                 ticks=[0, 0.02, 0.1, 0.25, 0.5, 0.75, 1])
+    ax.set_title(
+        f"{label}: confusion matrix, test split\nn = {test['n']}, top-1 {test['top1']:.1%}, rows normalised to 1"
+    )
+    fig.colorbar(
+        image,
+        ax=ax,
+        shrink=0.8,
+        label="fraction of the true class (square-root scale)",
+        ticks=[0, 0.02, 0.1, 0.25, 0.5, 0.75, 1],
+    )
     return fig
 
 
@@ -83,8 +97,14 @@ def _per_class(table: pd.DataFrame, label: str, overall: float) -> plt.Figure:
     ax.invert_yaxis()  # worst on top
     for y, value in zip(positions, shown["accuracy"]):
         inside = value >= 0.1  # at the bar's start, clear of the overall line (which sits near the bar ends)
-        ax.text(0.01 if inside else value + 0.01, y, f"{value:.0%}", va="center", fontsize=SMALL,
-                color="white" if inside else "black")
+        ax.text(
+            0.01 if inside else value + 0.01,
+            y,
+            f"{value:.0%}",
+            va="center",
+            fontsize=SMALL,
+            color="white" if inside else "black",
+        )
     ax.axvline(overall, color="tab:red", linestyle="--")
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
@@ -111,24 +131,36 @@ def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_d
     checkpoint = load_checkpoint(checkpoint_path)
     history = checkpoint.get("history") or []
     if not history:
-        raise ArtifactError(f"checkpoint {str(checkpoint_path)!r} has no training history; curves need at least one epoch")
+        raise ArtifactError(
+            f"checkpoint {str(checkpoint_path)!r} has no training history; curves need at least one epoch"
+        )
     test = json.loads(metrics_path.read_text()).get("splits", {}).get("test")
     if test is None:
         raise ArtifactError(f"metrics file {str(metrics_path)!r} has no test split; rerun the evaluate step")
     classes = checkpoint["classes"]
     counts = np.asarray(test["confusion_matrix"], dtype=np.int64)
     if counts.shape != (len(classes), len(classes)):
-        raise ArtifactError(f"confusion matrix in {str(metrics_path)!r} is {counts.shape}, the checkpoint has {len(classes)} classes; re-evaluate this checkpoint")
+        raise ArtifactError(
+            f"confusion matrix in {str(metrics_path)!r} is {counts.shape}, "
+            f"the checkpoint has {len(classes)} classes; re-evaluate this "
+            "checkpoint"
+        )
     label = model_label(ModelConfig.from_dict(checkpoint["config"]))
     out_dir = Path(out_dir)
 
     totals = counts.sum(axis=1, keepdims=True)
-    normalised = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)  # a class without test images stays 0
-    table = pd.DataFrame({
-        "class": classes,
-        "accuracy": [np.nan if test["per_class_accuracy"][c] is None else test["per_class_accuracy"][c] for c in classes],
-        "n": totals[:, 0],
-    }).sort_values("accuracy", kind="stable")
+    normalised = np.divide(
+        counts, totals, out=np.zeros(counts.shape), where=totals > 0
+    )  # a class without test images stays 0
+    table = pd.DataFrame(
+        {
+            "class": classes,
+            "accuracy": [
+                np.nan if test["per_class_accuracy"][c] is None else test["per_class_accuracy"][c] for c in classes
+            ],
+            "n": totals[:, 0],
+        }
+    ).sort_values("accuracy", kind="stable")
 
     return [
         save_figure(_curves(history, label), out_dir / "training_curves.png"),

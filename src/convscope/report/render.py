@@ -5,9 +5,9 @@ pandoc (the binary of ``pypandoc-binary``) and Typst (the compiler of the ``typs
 
 1. pandoc reads ``report.qmd`` with ``_variables.yml`` as metadata and the Lua filter ``quarto.lua``, which splices
    ``{{< include >}}`` files in, resolves ``{{< var >}}``, rejects what is outside the subset both renderers
-   understand (the header of ``quarto.lua`` lists it) with one line naming the file and the line, and numbers figures and tables
-   the way Quarto does; it writes HTML (``report.css``, ``report.js``, all embedded) and Typst source (preamble
-   ``typst-header.typ``, Typst's own figure numbering off so numbers are not doubled);
+   understand (the header of ``quarto.lua`` lists it) with one line naming the file and the line, and numbers
+   figures and tables the way Quarto does; it writes HTML (``report.css``, ``report.js``, all embedded) and Typst
+   source (preamble ``typst-header.typ``, Typst's own figure numbering off so numbers are not doubled);
 2. ``typst.compile`` turns the Typst source into the PDF.
 
 Outputs are made in a temporary folder inside the project and moved to ``<project>/_output/`` only when every
@@ -48,6 +48,7 @@ QUARTO_OPTIONS = ("toc", "toc-depth", "number-sections", "papersize", "margin", 
 # reads included files with the same extensions.
 PANDOC_FROM = "markdown-raw_attribute"
 
+
 def _project(project_dir: str | os.PathLike[str]) -> Path:
     project = Path(project_dir).resolve()
     if not (project / "_quarto.yml").is_file():
@@ -61,7 +62,9 @@ def _pandoc() -> str:
     try:
         import pypandoc
     except ImportError as exc:
-        raise ReportError("pandoc is missing: install the report extra (pip install 'convscope[report]') or quarto") from exc
+        raise ReportError(
+            "pandoc is missing: install the report extra (pip install 'convscope[report]') or quarto"
+        ) from exc
     return pypandoc.get_pandoc_path()
 
 
@@ -132,11 +135,25 @@ def _option_args(project: Path, fmt: str, tmp: Path) -> list[str]:
 def _render_html(project: Path, out: Path) -> None:
     script = out.parent / "report-js.html"  # embedded as it is: pandoc inlines only what a page links to
     script.write_text(f"<script>\n{HTML_JS.read_text(encoding='utf-8')}</script>\n", encoding="utf-8")
-    args = ["-t", "html5", "--standalone", "--embed-resources", "--css", str(HTML_CSS),
-            "--include-after-body", str(script), "--resource-path", str(project), *_option_args(project, "html", out.parent)]
+    args = [
+        "-t",
+        "html5",
+        "--standalone",
+        "--embed-resources",
+        "--css",
+        str(HTML_CSS),
+        "--include-after-body",
+        str(script),
+        "--resource-path",
+        str(project),
+        *_option_args(project, "html", out.parent),
+    ]
     _run_pandoc(project, args, out)
-    external = [src for src in re.findall(r"""\bsrc=["']([^"']*)["']""", out.read_text(encoding="utf-8"))
-                if not src.startswith("data:")]
+    external = [
+        src
+        for src in re.findall(r"""\bsrc=["']([^"']*)["']""", out.read_text(encoding="utf-8"))
+        if not src.startswith("data:")
+    ]
     if external:
         raise ReportError(f"{project / DOCUMENT}: the HTML still refers to {external[0]!r}; pandoc could not embed it")
 
@@ -145,7 +162,9 @@ def _render_pdf(project: Path, typ: Path, out: Path) -> None:
     try:
         import typst
     except ImportError as exc:
-        raise ReportError("typst is missing: install the report extra (pip install 'convscope[report]') or quarto") from exc
+        raise ReportError(
+            "typst is missing: install the report extra (pip install 'convscope[report]') or quarto"
+        ) from exc
     # Typst reads files only below its root: the folder that holds the project and every image it shows.
     images = [(typ.parent / src).resolve() for src in re.findall(r'image\("([^"]+)"', typ.read_text(encoding="utf-8"))]
     root = os.path.commonpath([str(project), *map(str, images)])
@@ -163,7 +182,14 @@ def _render_fallback(project: Path, formats: tuple[str, ...], tmp: Path) -> dict
     if "pdf" in formats or "typst" in formats:
         # quarto.lua writes image paths relative to a direct subfolder of the project: tmp, then _output/.
         typ = tmp / "report.typ"
-        args = ["-t", "typst", "--standalone", "--include-in-header", str(TYPST_HEADER), *_option_args(project, "typst", tmp)]
+        args = [
+            "-t",
+            "typst",
+            "--standalone",
+            "--include-in-header",
+            str(TYPST_HEADER),
+            *_option_args(project, "typst", tmp),
+        ]
         _run_pandoc(project, args, typ)
         if "typst" in formats:
             made["typst"] = typ
@@ -186,14 +212,18 @@ def _render_quarto(project: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     try:
         for fmt in formats:
             to = {"html": "html", "pdf": "typst"}[fmt]
-            cmd = [quarto, "render", str(project), "--to", to] + (["-M", "embed-resources:true"] if fmt == "html" else [])
+            cmd = [quarto, "render", str(project), "--to", to] + (
+                ["-M", "embed-resources:true"] if fmt == "html" else []
+            )
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=project)
             if proc.returncode != 0:
                 tail = " ".join((proc.stderr or proc.stdout).split())[-500:]
                 raise ReportError(f"{project / DOCUMENT}: quarto render --to {to} failed: {tail}")
             if not outputs[fmt].is_file() or outputs[fmt].stat().st_mtime < started:
-                raise ReportError(f"{project / DOCUMENT}: quarto render --to {to} did not write {outputs[fmt]}; "
-                                  f"set 'project: output-dir: {OUTPUT_DIR}' in {project / '_quarto.yml'}")
+                raise ReportError(
+                    f"{project / DOCUMENT}: quarto render --to {to} did not write {outputs[fmt]}; "
+                    f"set 'project: output-dir: {OUTPUT_DIR}' in {project / '_quarto.yml'}"
+                )
     except BaseException:
         for path in outputs.values():  # leave no partial output behind
             if path.is_file() and path.stat().st_mtime >= started:
@@ -202,8 +232,9 @@ def _render_quarto(project: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     return outputs
 
 
-def render_report(project_dir: str | os.PathLike[str], renderer: str = "auto",
-                  formats: Iterable[str] = ("html", "pdf")) -> dict[str, Path]:
+def render_report(
+    project_dir: str | os.PathLike[str], renderer: str = "auto", formats: Iterable[str] = ("html", "pdf")
+) -> dict[str, Path]:
     """Render ``<project>/report.qmd`` to ``<project>/_output/report.html`` and ``report.pdf``.
 
     The HTML is self-contained (images as data URIs, stylesheet and script inline). With the fallback, nothing is

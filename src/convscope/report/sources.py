@@ -31,16 +31,27 @@ import yaml
 from PIL import Image
 
 from convscope import paths
-from convscope.errors import ReportError
 from convscope.cam import METHOD_NAMES
 from convscope.contracts import Checkpoint, Explanations, Failures, Metrics
+from convscope.errors import ReportError
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
 # figures get a width that keeps their height inside that.
 TEXT_ASPECT = 9.0 / 6.5
 MAX_HEIGHT_SHARE = 0.8
-PACKAGES = ("convscope", "torch", "torchvision", "numpy", "pillow", "matplotlib", "pandas", "snakemake", "torchinfo",
-            "pypandoc-binary", "typst")
+PACKAGES = (
+    "convscope",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pillow",
+    "matplotlib",
+    "pandas",
+    "snakemake",
+    "torchinfo",
+    "pypandoc-binary",
+    "typst",
+)
 FEATURE_MAP_FIGURES = 2  # per model in the body; the rest stay in figures/{model}/feature_maps/
 MAX_LISTED_CLASSES = 30
 MAX_INLINE_SKIPPED = 5  # skipped files named in the dataset section; more go to the appendix
@@ -119,8 +130,15 @@ def load_model_artifacts(name: str, workdir: Path) -> ModelArtifacts:
     parameters = sum(p.numel() for p in model_from_checkpoint(checkpoint).parameters())
     metrics = json.loads((workdir / paths.METRICS.format(model=name)).read_text())
     explanations = json.loads((workdir / paths.EXPLANATIONS.format(model=name)).read_text())
-    return ModelArtifacts(name, checkpoint, sha256(checkpoint_path), parameters, metrics,
-                          workdir / paths.FIGURE_DIR.format(model=name, family="").rstrip("/"), explanations)
+    return ModelArtifacts(
+        name,
+        checkpoint,
+        sha256(checkpoint_path),
+        parameters,
+        metrics,
+        workdir / paths.FIGURE_DIR.format(model=name, family="").rstrip("/"),
+        explanations,
+    )
 
 
 def code(text: str) -> str:
@@ -153,8 +171,10 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str,
     """
     align = align or "l" * len(header)
     body = [[str(cell) for cell in row] for row in rows]
-    widths = [max(max(len(word) for cell in column for word in cell.split() or [""]), max(map(len, column)) // 2) + 3
-              for column in zip(header, *body)]
+    widths = [
+        max(max(len(word) for cell in column for word in cell.split() or [""]), max(map(len, column)) // 2) + 3
+        for column in zip(header, *body)
+    ]
     rule = ["-" * (w - 1) + (":" if a == "r" else "-") for a, w in zip(align, widths)]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -192,8 +212,13 @@ class FigureCopier:
 
 def templates(folder: Path, figure: FigureCopier) -> jinja2.Environment:
     """The report's templates, with filters that escape data (``md``), quote code and count (``plural``)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters.update(md=md, code=code, percent=percent, duration=duration, plural=plural, score=score)
     env.globals.update(table=table, figure=figure, method_names=METHOD_NAMES)
     return env
@@ -208,9 +233,20 @@ def comparison_rows(models: Sequence[ModelArtifacts]) -> list[list[object]]:
     rows = []
     for m in models:
         val, test = m.metrics["splits"]["val"], m.metrics["splits"]["test"]
-        rows.append([m.label, md(weights_label(m.config["weights"])), f"{m.parameters / 1e6:.2f} M",
-                     f"{m.config['input_size']} px", m.config["epochs"], percent(val["top1"]), percent(val["top5"]),
-                     percent(test["top1"]), percent(test["top5"]), duration(m.train_seconds)])
+        rows.append(
+            [
+                m.label,
+                md(weights_label(m.config["weights"])),
+                f"{m.parameters / 1e6:.2f} M",
+                f"{m.config['input_size']} px",
+                m.config["epochs"],
+                percent(val["top1"]),
+                percent(val["top5"]),
+                percent(test["top1"]),
+                percent(test["top5"]),
+                duration(m.train_seconds),
+            ]
+        )
     return rows
 
 
@@ -229,9 +265,15 @@ def dataset_data(index: dict[str, Any], dataset: dict[str, Any]) -> dict[str, An
     """Classes, split sizes, skipped files and the built-in shortcut of the dataset every model saw."""
     classes = index["classes"]
     skipped = list(index.get("skipped", []))
-    return {"index": index, "dataset": dataset, "classes": classes[:MAX_LISTED_CLASSES],
-            "more_classes": max(0, len(classes) - MAX_LISTED_CLASSES), "counts": split_sizes(index),
-            "skipped": skipped, "skipped_inline": len(skipped) <= MAX_INLINE_SKIPPED}
+    return {
+        "index": index,
+        "dataset": dataset,
+        "classes": classes[:MAX_LISTED_CLASSES],
+        "more_classes": max(0, len(classes) - MAX_LISTED_CLASSES),
+        "counts": split_sizes(index),
+        "skipped": skipped,
+        "skipped_inline": len(skipped) <= MAX_INLINE_SKIPPED,
+    }
 
 
 def training_data(m: ModelArtifacts) -> dict[str, Any]:
@@ -244,29 +286,44 @@ def training_data(m: ModelArtifacts) -> dict[str, Any]:
         ["architecture", f"torchvision {code(config['arch'])}"],
         ["initial weights", md(weights_label(config["weights"]))],
         ["input", f"3×{size}×{size}"],
-        ["preprocessing", f"resize {resize}; {crop} crop to {size} px in training, centre crop in evaluation"
-                          + ("; random horizontal flips in training" if pre["hflip"] else "")
-                          + ("; grayscale, replicated to 3 channels" if pre["grayscale"] else "")],
-        ["normalisation", f"mean ({', '.join(f'{v:.3f}' for v in pre['mean'])}), "
-                          f"std ({', '.join(f'{v:.3f}' for v in pre['std'])})"],
-        ["optimiser", f"{config['optimizer']}, lr {config['lr']:g}"
-                      + (f", head lr {config['head_lr']:g}" if config["head_lr"] else "")
-                      + f", weight decay {config['weight_decay']:g}, {config['lr_schedule']} schedule"],
-        ["training", f"{plural(config['epochs'], 'epoch')}, batch size {config['batch_size']}, seed {config['seed']}"
-                     + ("; backbone frozen (head only)" if config["freeze"] == "backbone" else "")
-                     + (f"; label smoothing {config['label_smoothing']:g}" if config["label_smoothing"] else "")],
+        [
+            "preprocessing",
+            f"resize {resize}; {crop} crop to {size} px in training, centre crop in evaluation"
+            + ("; random horizontal flips in training" if pre["hflip"] else "")
+            + ("; grayscale, replicated to 3 channels" if pre["grayscale"] else ""),
+        ],
+        [
+            "normalisation",
+            f"mean ({', '.join(f'{v:.3f}' for v in pre['mean'])}), std ({', '.join(f'{v:.3f}' for v in pre['std'])})",
+        ],
+        [
+            "optimiser",
+            f"{config['optimizer']}, lr {config['lr']:g}"
+            + (f", head lr {config['head_lr']:g}" if config["head_lr"] else "")
+            + f", weight decay {config['weight_decay']:g}, {config['lr_schedule']} schedule",
+        ],
+        [
+            "training",
+            f"{plural(config['epochs'], 'epoch')}, batch size {config['batch_size']}, seed {config['seed']}"
+            + ("; backbone frozen (head only)" if config["freeze"] == "backbone" else "")
+            + (f"; label smoothing {config['label_smoothing']:g}" if config["label_smoothing"] else ""),
+        ],
     ]
     val, test = m.metrics["splits"]["val"], m.metrics["splits"]["test"]
-    metrics = [[split, f"{r['n']:,}", percent(r["top1"]), percent(r["top5"])]
-               for split, r in (("validation", val), ("test", test))]
+    metrics = [
+        [split, f"{r['n']:,}", percent(r["top1"]), percent(r["top5"])]
+        for split, r in (("validation", val), ("test", test))
+    ]
     return {"setup": setup, "epochs": len(m.checkpoint["history"]), "metrics": metrics}
 
 
 def architecture_data(m: ModelArtifacts) -> dict[str, Any]:
     """The per-stage table and the module tree."""
     with open(m.figures / "architecture/stages.csv", newline="") as f:
-        stages = [[code(r["layer"]), md(r["output_shape"]), f"{int(r['parameters']):,}", md(r["details"])]
-                  for r in csv.DictReader(f)]
+        stages = [
+            [code(r["layer"]), md(r["output_shape"]), f"{int(r['parameters']):,}", md(r["details"])]
+            for r in csv.DictReader(f)
+        ]
     return {"stages": stages, "tree": (m.figures / "architecture/architecture.txt").read_text().rstrip()}
 
 
@@ -282,7 +339,10 @@ def feature_maps_data(m: ModelArtifacts) -> dict[str, Any]:
     maps = sorted(folder.glob("feature_maps_*.png"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     with np.load(folder / "feature_maps.npz") as arrays:
         indices = [int(i) for i in arrays["indices"]]
-    shown = [{"path": p.relative_to(m.figures), "image": indices[int(p.stem.rsplit("_", 1)[1])]} for p in maps[:FEATURE_MAP_FIGURES]]
+    shown = [
+        {"path": p.relative_to(m.figures), "image": indices[int(p.stem.rsplit("_", 1)[1])]}
+        for p in maps[:FEATURE_MAP_FIGURES]
+    ]
     return {"shown": shown, "more": len(maps) - len(shown), "folder": code(f"figures/{m.name}/feature_maps/")}
 
 
@@ -299,8 +359,15 @@ def failures_data(m: ModelArtifacts) -> dict[str, Any]:
         row += [md(r["texture"])] if has_texture else []
         row += [percent(r["energy_in_mask_pred"]), percent(r["energy_in_mask_true"])] if has_energy else []
         rows.append(row)
-    return {"summary": summary, "count": len(failures), "layer": code(summary["layer"]), "header": header,
-            "rows": rows, "align": "rllr" + "l" * (len(header) - 4), "has_energy": has_energy}
+    return {
+        "summary": summary,
+        "count": len(failures),
+        "layer": code(summary["layer"]),
+        "header": header,
+        "rows": rows,
+        "align": "rllr" + "l" * (len(header) - 4),
+        "has_energy": has_energy,
+    }
 
 
 def score(value: float | None) -> str:
@@ -313,25 +380,48 @@ def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
     methods = list(report["methods"])
     names = [md(METHOD_NAMES.get(method, method)) for method in methods]
     first = report["methods"][methods[0]]
-    out: dict[str, Any] = {"report": report, "layer": code(report["layer"]), "localisation": None,
-                           "skipped": md(first.get("localisation_skipped") or "")}
+    out: dict[str, Any] = {
+        "report": report,
+        "layer": code(report["layer"]),
+        "localisation": None,
+        "skipped": md(first.get("localisation_skipped") or ""),
+    }
     if first["localisation"] is not None:
         deepest = report["layers"][-1]
         baselines = first["localisation"][deepest]["baselines"]
         rows = []
-        for name, groups in [*zip(names, (report["methods"][k]["localisation"][deepest] for k in methods)),
-                             ("*centre-peaked map*", baselines["centre"]), ("*random map*", baselines["random"])]:
-            rows.append([name] + [score(groups[g][metric]) for metric in ("pointing_game", "energy")
-                                  for g in ("all", "correct", "misclassified")])
+        for name, groups in [
+            *zip(names, (report["methods"][k]["localisation"][deepest] for k in methods)),
+            ("*centre-peaked map*", baselines["centre"]),
+            ("*random map*", baselines["random"]),
+        ]:
+            rows.append(
+                [name]
+                + [
+                    score(groups[g][metric])
+                    for metric in ("pointing_game", "energy")
+                    for g in ("all", "correct", "misclassified")
+                ]
+            )
         out["localisation"] = {"rows": rows, "layer": code(deepest), "n": first["localisation"][deepest]["all"]["n"]}
     rows = []
     for name, method in zip(names, methods):
         faith, sanity = report["methods"][method]["faithfulness"], report["methods"][method]["sanity"]
         verdict = {True: "passes", False: "**fails**", None: "–"}[sanity["passes"]]
-        rows.append([name, score(faith["deletion_auc"]), score(faith["insertion_auc"]),
-                     score(sanity["spearman"][-1]), score(sanity["ssim"][-1]), verdict])
+        rows.append(
+            [
+                name,
+                score(faith["deletion_auc"]),
+                score(faith["insertion_auc"]),
+                score(sanity["spearman"][-1]),
+                score(sanity["ssim"][-1]),
+                verdict,
+            ]
+        )
     faith = first["faithfulness"]
-    rows.append(["*random map*", score(faith["random_deletion_auc"]), score(faith["random_insertion_auc"]), "–", "–", "–"])
+    rows.append(
+        ["*random map*", score(faith["random_deletion_auc"]), score(faith["random_insertion_auc"]), "–", "–", "–"]
+    )
     # A model that already recognises the blurred image leaves insertion nothing to tell apart.
     saturated = faith["random_insertion_auc"] is not None and faith["random_insertion_auc"] >= SATURATED_INSERTION
     out.update(faithfulness=rows, random_insertion=score(faith["random_insertion_auc"]) if saturated else None)
@@ -340,15 +430,27 @@ def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
 
 def model_data(m: ModelArtifacts) -> dict[str, Any]:
     """Everything one model's section shows, per family."""
-    return {"m": m, "s": m.slug, "training": training_data(m), "architecture": architecture_data(m),
-            "filters": filters_data(m), "feature_maps": feature_maps_data(m), "failures": failures_data(m),
-            "explanations": explanations_data(m)}
+    return {
+        "m": m,
+        "s": m.slug,
+        "training": training_data(m),
+        "architecture": architecture_data(m),
+        "filters": filters_data(m),
+        "feature_maps": feature_maps_data(m),
+        "failures": failures_data(m),
+        "explanations": explanations_data(m),
+    }
+
 
 def git_state(source_dir: Path) -> str:
     """The commit of the workflow's source and whether its tree had uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "-C", str(source_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source_dir), "status", "--porcelain"], capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(source_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source_dir), "status", "--porcelain"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "not a git checkout"
     return code(commit) + (" (with uncommitted changes)" if dirty else " (clean tree)")
@@ -384,37 +486,74 @@ def rule_times(benchmarks: Iterable[Path], root: Path) -> list[list[str]]:
             record = next(csv.DictReader(f, delimiter="\t"))
         parts = path.relative_to(root).with_suffix("").parts
         rss = record.get("max_rss", "NA")
-        rows.append([md(parts[0]), md("/".join(parts[1:])) or "–", duration(float(record["s"])),
-                     f"{float(rss):,.0f} MB" if rss not in ("NA", "-") else "–"])
+        rows.append(
+            [
+                md(parts[0]),
+                md("/".join(parts[1:])) or "–",
+                duration(float(record["s"])),
+                f"{float(rss):,.0f} MB" if rss not in ("NA", "-") else "–",
+            ]
+        )
     return rows
 
 
-def appendix_data(models: Sequence[ModelArtifacts], config: dict[str, Any], source_dir: Path,
-                  benchmarks: Sequence[Path], benchmark_root: Path) -> dict[str, Any]:
+def appendix_data(
+    models: Sequence[ModelArtifacts],
+    config: dict[str, Any],
+    source_dir: Path,
+    benchmarks: Sequence[Path],
+    benchmark_root: Path,
+) -> dict[str, Any]:
     """Reproducibility: code version, software, machine, checksums, job times and the resolved config."""
-    return {"git": git_state(source_dir), "python": platform.python_version(), "machine": md(machine()),
-            "packages": [[md(p), md(_version(p))] for p in PACKAGES],
-            "checksums": [[m.label, code(paths.CHECKPOINT.format(model=m.name)), code(m.sha256)] for m in models],
-            "rule_times": rule_times(benchmarks, benchmark_root),
-            "config": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100).rstrip()}
+    return {
+        "git": git_state(source_dir),
+        "python": platform.python_version(),
+        "machine": md(machine()),
+        "packages": [[md(p), md(_version(p))] for p in PACKAGES],
+        "checksums": [[m.label, code(paths.CHECKPOINT.format(model=m.name)), code(m.sha256)] for m in models],
+        "rule_times": rule_times(benchmarks, benchmark_root),
+        "config": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100).rstrip(),
+    }
+
 
 def variables(models: Sequence[ModelArtifacts], index: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
     """The numbers the hand-written prose quotes with ``{{< var … >}}``, as escaped Markdown strings."""
     best = max(models, key=lambda m: (m.metrics["splits"]["test"]["top1"], m.name))
     counts = split_sizes(index)
-    name = dataset.get("name") or {"shapes": "the embedded shapes set", "cifar10": "CIFAR-10"}.get(index["kind"], Path(str(dataset.get("root"))).name)
+    name = dataset.get("name") or {"shapes": "the embedded shapes set", "cifar10": "CIFAR-10"}.get(
+        index["kind"], Path(str(dataset.get("root"))).name
+    )
     return {
-        "dataset": {"name": md(name), "classes": len(index["classes"]), **{split: f"{n:,}" for split, n in counts.items()}},
-        "models": {"count": len(models), "counted": plural(len(models), "model"), "names": ", ".join(m.label for m in models)},
-        "best": {"name": best.label, "test_top1": percent(best.metrics["splits"]["test"]["top1"]),
-                 "test_top5": percent(best.metrics["splits"]["test"]["top5"]),
-                 "val_top1": percent(best.metrics["splits"]["val"]["top1"])},
+        "dataset": {
+            "name": md(name),
+            "classes": len(index["classes"]),
+            **{split: f"{n:,}" for split, n in counts.items()},
+        },
+        "models": {
+            "count": len(models),
+            "counted": plural(len(models), "model"),
+            "names": ", ".join(m.label for m in models),
+        },
+        "best": {
+            "name": best.label,
+            "test_top1": percent(best.metrics["splits"]["test"]["top1"]),
+            "test_top5": percent(best.metrics["splits"]["test"]["top5"]),
+            "val_top1": percent(best.metrics["splits"]["val"]["top1"]),
+        },
     }
 
 
-def write_sources(model_names: Sequence[str], config: dict[str, Any], index_path: str | Path, out_dir: str | Path,
-                  variables_path: str | Path, source_dir: str | Path, benchmarks: Sequence[str | Path] = (),
-                  workdir: str | Path = ".", templates_dir: str | Path | None = None) -> None:
+def write_sources(
+    model_names: Sequence[str],
+    config: dict[str, Any],
+    index_path: str | Path,
+    out_dir: str | Path,
+    variables_path: str | Path,
+    source_dir: str | Path,
+    benchmarks: Sequence[str | Path] = (),
+    workdir: str | Path = ".",
+    templates_dir: str | Path | None = None,
+) -> None:
     """Writes the report's generated Markdown, figure copies and variables from the build's artifacts.
 
     Args:
@@ -438,17 +577,23 @@ def write_sources(model_names: Sequence[str], config: dict[str, Any], index_path
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".generated-"))
     try:
         env = templates(templates_dir, FigureCopier(tmp, out_dir.name))
-        context = {"models": [model_data(m) for m in models], "comparison": comparison_rows(models),
-                   "data": dataset_data(index, config["dataset"]),
-                   "appendix": appendix_data(models, config, Path(source_dir), [Path(b) for b in benchmarks],
-                                             workdir / paths.BENCHMARKS)}
+        context = {
+            "models": [model_data(m) for m in models],
+            "comparison": comparison_rows(models),
+            "data": dataset_data(index, config["dataset"]),
+            "appendix": appendix_data(
+                models, config, Path(source_dir), [Path(b) for b in benchmarks], workdir / paths.BENCHMARKS
+            ),
+        }
         for name in GENERATED:
             try:
                 (tmp / name).write_text(env.get_template(f"{name}.j2").render(context))
             except jinja2.TemplateError as exc:  # an edited template: name it, and the line when Jinja knows it
                 line = f":{exc.lineno}" if getattr(exc, "lineno", None) else ""
-                raise ReportError(f"{templates_dir / (getattr(exc, 'name', None) or name + '.j2')}{line}: "
-                                  f"{' '.join(str(exc.message).split())}; fix the template") from exc
+                raise ReportError(
+                    f"{templates_dir / (getattr(exc, 'name', None) or name + '.j2')}{line}: "
+                    f"{' '.join(str(exc.message).split())}; fix the template"
+                ) from exc
         values = yaml.safe_dump(variables(models, index, config["dataset"]), sort_keys=False, allow_unicode=True)
         Path(variables_path).write_text(values)
         if out_dir.exists():
