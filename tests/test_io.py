@@ -62,5 +62,5 @@ def test_a_failing_writer_keeps_its_error_and_removes_the_temporary(tmp_path):
 
 def test_write_json_atomic_round_trips(tmp_path):
     path = write_json_atomic(tmp_path / "a" / "b.json", {"k": [1, 2]})
-    assert path.read_text() == '{\n "k": [\n  1,\n  2\n ]\n}'
+    assert path.read_text() == '{\n "k": [\n  1,\n  2\n ]\n}\n'
     assert oct(path.stat().st_mode & 0o777) == "0o644"
