@@ -29,12 +29,18 @@ def code(job):
     return codedeps.fingerprint(SCRIPTS / f"{job}.py", LOADED_BY_NAME)
 
 
-def figure_code(wildcards):
-    family = FAMILIES[wildcards.family]
-    return codedeps.fingerprint(
+# One fingerprint per family, computed once when the workflow starts.
+FIGURE_CODE = {
+    name: codedeps.fingerprint(
         SCRIPTS / "figures.py",
         LOADED_BY_NAME | {"convscope.figures": [family.module_name]},
     )
+    for name, family in FAMILIES.items()
+}
+
+
+def figure_code(wildcards):
+    return FIGURE_CODE[wildcards.family]
 
 
 def dataset_params():

@@ -48,18 +48,16 @@ def imports_of(path: Path, package: str | None = None) -> frozenset[str]:
     """
     modules = package_modules()
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _scan(path)[1]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1] if package else []
                 base = ".".join(anchor + ([base] if base else []))
             # ``from a import b`` imports the module a.b when b is one, else the name b of a.
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
         for name in names:
             if name in modules:
                 found |= _with_parents(name)
@@ -93,16 +91,26 @@ def script_closure(script: str | Path, loaded_by_name: Mapping[str, Iterable[str
     return closure(imports_of(Path(script).resolve()), loaded_by_name)
 
 
-def normalised_source(path: Path) -> str:
-    """The syntax tree of a source file without docstrings, as text: comments and layout do not show in it."""
+@functools.cache
+def _scan(path: Path) -> tuple[str, tuple[ast.Import | ast.ImportFrom, ...]]:
+    """One parse of a source file: the digest of its syntax tree without docstrings (comments and layout do not
+    show in a tree), and its import statements."""
     tree = ast.parse(path.read_text(), str(path))
+    imports = []
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.append(node)
+        elif isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
                 if isinstance(body[0].value.value, str):
                     node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest(), tuple(imports)
+
+
+def code_digest(path: Path) -> str:
+    """A hash of a source file's code: its syntax tree without docstrings."""
+    return _scan(Path(path))[0]
 
 
 def data_files(package: str) -> list[Path]:
@@ -123,9 +131,9 @@ def fingerprint(script: str | Path, loaded_by_name: Mapping[str, Iterable[str]] 
     """A short hash of the normalised code a job script runs; it changes exactly when that code changes."""
     script = Path(script).resolve()
     modules = package_modules()
-    digest = hashlib.sha256(normalised_source(script).encode())
+    digest = hashlib.sha256(code_digest(script).encode())
     for name in sorted(script_closure(script, loaded_by_name)):
-        digest.update(f"\0{name}\0{normalised_source(modules[name])}".encode())
+        digest.update(f"\0{name}\0{code_digest(modules[name])}".encode())
         if modules[name].name == "__init__.py":
             for path in data_files(name):
                 digest.update(f"\0{path.relative_to(PACKAGE_DIR)}\0".encode() + path.read_bytes())
