@@ -205,26 +205,38 @@ LOG_KINDS = {
 }
 
 
-def job_closures(package: Path) -> dict[str, set[str]]:
-    """Each job kind's computed code dependencies, read from the given copy of the package."""
+def codedeps_of(package: Path, function: str) -> dict:
+    """``codedeps.<function>`` (script_closure or fingerprint) of every job kind, as the rules call it, computed
+    from the given copy of the package in a fresh interpreter."""
     code = (
         "import json, sys; from convscope import codedeps; from convscope.figures import FAMILIES\n"
-        "scripts, by_name = sys.argv[1], {'convscope.data': ['convscope.data.shapes']}\n"
-        "kinds = {k: codedeps.script_closure(f'{scripts}/{k}.py', by_name) for k in sys.argv[2:]}\n"
+        "scripts, compute = sys.argv[1], getattr(codedeps, sys.argv[2])\n"
+        "by_name = {'convscope.data': ['convscope.data.shapes']}\n"
+        "out = {k: compute(f'{scripts}/{k}.py', by_name) for k in sys.argv[3:]}\n"
         "for name, family in FAMILIES.items():\n"
-        "    kinds[f'figures/{name}'] = codedeps.script_closure(f'{scripts}/figures.py',"
+        "    out[f'figures/{name}'] = compute(f'{scripts}/figures.py',"
         " by_name | {'convscope.figures': [family.module_name]})\n"
-        "print(json.dumps({k: sorted(v) for k, v in kinds.items()}))\n"
+        "print(json.dumps({k: sorted(v) if isinstance(v, set) else v for k, v in out.items()}))\n"
     )
     kinds = sorted(set(LOG_KINDS.values()))
     result = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds],
+        [sys.executable, "-c", code, str(REPO / "rules/scripts"), function, *kinds],
         capture_output=True,
         text=True,
         check=True,
         env={**os.environ, "PYTHONPATH": str(package.parent)},
     )
-    return {kind: set(modules) for kind, modules in json.loads(result.stdout).items()}
+    return json.loads(result.stdout)
+
+
+def job_closures(package: Path) -> dict[str, set[str]]:
+    """Each job kind's computed code dependencies."""
+    return {kind: set(modules) for kind, modules in codedeps_of(package, "script_closure").items()}
+
+
+def fingerprints(package: Path) -> dict[str, str]:
+    """The code fingerprint of every job kind."""
+    return codedeps_of(package, "fingerprint")
 
 
 FAMILY_KINDS = [f"figures/{family}" for family in FAMILIES]
@@ -257,28 +269,6 @@ def rerun_kinds(workdir: Path, package: Path) -> set[str]:
         for job in jobs
         if job != "all"
     }
-
-
-def fingerprints(package: Path) -> dict[str, str]:
-    """The code fingerprint of every job kind, as the rules compute it, from the given copy of the package."""
-    code = (
-        "import json, sys; from convscope import codedeps; from convscope.figures import FAMILIES\n"
-        "scripts, by_name = sys.argv[1], {'convscope.data': ['convscope.data.shapes']}\n"
-        "out = {k: codedeps.fingerprint(f'{scripts}/{k}.py', by_name) for k in sys.argv[2:]}\n"
-        "for name, family in FAMILIES.items():\n"
-        "    out[f'figures/{name}'] = codedeps.fingerprint(f'{scripts}/figures.py',"
-        " by_name | {'convscope.figures': [family.module_name]})\n"
-        "print(json.dumps(out))\n"
-    )
-    kinds = sorted(set(LOG_KINDS.values()))
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "rules/scripts"), *kinds],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(package.parent)},
-    )
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
