@@ -3,18 +3,17 @@ quarto.lua: the subset of Quarto the report uses, as one pandoc Lua filter (conv
 
 * {{< include path >}} (a paragraph of its own): the file is read with pandoc.read and its blocks spliced in;
   includes nest, cycles are errors. Paths are relative to the project (the main document's folder).
-* {{< var a.b >}}: the value of a.b in the metadata (render.py passes _variables.yml with --metadata-file).
-* Anything outside the subset (executable cells, divs and callouts, raw HTML/TeX, spans, other shortcodes,
-  images outside the project, front matter in included files) stops pandoc with one line "file:line: what".
-  Pandoc's Markdown reader has no source positions, so the line is the first one of the file holding the
-  construct's text.
+* {{< var a.b >}}: the value of a.b in the metadata (render.py passes _variables.yml as a metadata file).
+* Anything outside the subset (CHECKS below, other shortcodes, front matter in included files) stops pandoc with
+  one line "file:line: what". Pandoc's Markdown reader has no source positions, so the line is the first one of
+  the file holding the construct's text.
 * Figures #fig-* and tables #tbl-* are numbered in document order as Quarto does ("Figure 1: caption");
   @fig-x reads "Figure 1" and links to it (-@fig-x reads "1"); any other citation is an error.
 * Typst output: image paths are made relative to a direct subfolder of the project (where render.py writes
   the .typ file), and "..." stays three dots.
 --]]
 
--- Included files are read as pandoc read the main document (render.py's PANDOC_FROM).
+-- Included files are read as pandoc read the main document (render.py's "from").
 local FROM = { format = "markdown", extensions = PANDOC_READER_OPTIONS.extensions }
 local FRONT_MATTER = { title = true, subtitle = true, author = true, date = true, abstract = true }
 local PREFIX = { fig = "Figure", tbl = "Table" }
@@ -22,9 +21,10 @@ local HEADING_CLASSES = { unnumbered = true, appendix = true }
 
 local project, meta
 local sources = {} -- file -> its text, for line numbers
-local labels = {} -- id -> "file:line" of its definition
-local references = {} -- { id, where } in document order
-local numbers = {} -- id -> figure or table number
+local labels = {} -- id -> { file, line, where = "file:line", number = its figure or table number }
+local cited = {} -- id -> "file:line" of its first reference
+local count = { fig = 0, tbl = 0 }
+local stack = {} -- the files being read, the main document first
 
 local function kind_of(id)
   return id:match("^(fig)%-") or id:match("^(tbl)%-")
@@ -42,8 +42,8 @@ local function where(file, needle, from)
   return file .. ":1", 1
 end
 
-local function fail(file, needle, message)
-  error(where(file, needle) .. ": " .. message, 0)
+local function fail(file, needle, message, from)
+  error(where(file, needle, from) .. ": " .. message, 0)
 end
 
 local function variable(key, file)
@@ -56,12 +56,10 @@ local function variable(key, file)
     node = node[part]
   end
   local kind = pandoc.utils.type(node)
-  if kind == "boolean" then
-    return pandoc.Inlines(tostring(node))
-  elseif kind == "string" then
-    return pandoc.Inlines(node)
-  elseif kind == "Inlines" then
+  if kind == "Inlines" then
     return node:clone()
+  elseif kind == "string" or kind == "boolean" then
+    return pandoc.Inlines(tostring(node))
   end
   fail(file, key, "variable " .. key .. " is a " .. kind .. ", not one line of text; point {{< var >}} at a single value")
 end
@@ -69,143 +67,138 @@ end
 -- Replaces {{< var ... >}} in a list of inlines; any other shortcode is an error.
 local function shortcodes(file)
   return function(inlines)
-    local out, i = pandoc.Inlines({}), 1
-    while i <= #inlines do
-      local el = inlines[i]
-      local start = el.t == "Str" and el.text:find("{{<", 1, true)
-      if not start then
-        out:insert(el)
-        i = i + 1
+    local out, open = pandoc.Inlines({}), nil -- open: the text of a shortcode not yet closed
+    local function expand(text) -- text from a Str on: shortcodes expanded, the rest kept; returns what is open
+      local start = text:find("{{<", 1, true)
+      local close = start and text:find(">}}", start, true)
+      if start ~= 1 then out:insert(pandoc.Str(text:sub(1, (start or 0) - 1))) end
+      if not close then return start and text:sub(start) end
+      local name, arg = text:sub(start, close + 2):match("^{{<%s*(%S*)%s*(.-)%s*>}}$")
+      if name == "var" then
+        out:extend(variable(arg, file))
+      elseif name == "include" then
+        fail(file, arg, "{{< include " .. arg .. " >}} must be a paragraph of its own (blank lines around it)")
       else
-        if start > 1 then out:insert(pandoc.Str(el.text:sub(1, start - 1))) end
-        local text, j = el.text:sub(start), i
-        while not text:find(">}}", 1, true) and j < #inlines do
-          j = j + 1
-          text = text .. pandoc.utils.stringify(inlines[j]):gsub("^$", " ")
-        end
-        local close = text:find(">}}", 1, true) or fail(file, "{{<", "shortcode {{< is never closed with >}}")
-        local name, arg = text:sub(1, close + 2):match("^{{<%s*(%S*)%s*(.-)%s*>}}$")
-        if name == "var" then
-          out:extend(variable(arg, file))
-        elseif name == "include" then
-          fail(file, arg, "{{< include " .. arg .. " >}} must be a paragraph of its own (blank lines around it)")
-        else
-          fail(file, name, "unsupported shortcode {{< " .. name .. " ... >}}; the fallback renderer knows include and var")
-        end
-        local rest = text:sub(close + 3)
-        if rest ~= "" then
-          inlines[j] = pandoc.Str(rest) -- may hold the next shortcode
-          i = j
-        else
-          i = j + 1
-        end
+        fail(file, name, "unsupported shortcode {{< " .. name .. " ... >}}; the fallback renderer knows include and var")
+      end
+      return close + 2 < #text and expand(text:sub(close + 3)) or nil
+    end
+    for _, el in ipairs(inlines) do
+      if open then
+        open = expand(open .. pandoc.utils.stringify(el))
+      elseif el.t == "Str" and el.text:find("{{<", 1, true) then
+        open = expand(el.text)
+      else
+        out:insert(el)
       end
     end
+    if open then fail(file, "{{<", "shortcode {{< is never closed with >}}") end
     return out
   end
 end
 
+-- Registers a label (each is used once) and numbers #fig- and #tbl- ones: files are read in document order.
 local function label(id, file)
   local first = labels[id]
   if first then
-    local at = where(file, "#" .. id, first.file == file and first.line + 1 or 1)
-    error(at .. ": label #" .. id .. " is already used at " .. first.where .. "; labels must be unique", 0)
+    local from = first.file == file and first.line + 1 or 1
+    return "#" .. id, "label #" .. id .. " is already used at " .. first.where .. "; labels must be unique", from
   end
   local at, line = where(file, "#" .. id)
-  labels[id] = { file = file, line = line, where = at }
+  local kind = kind_of(id)
+  if kind then count[kind] = count[kind] + 1 end
+  labels[id] = { file = file, line = line, where = at, number = kind and count[kind] }
 end
 
-local function check_image(img, file)
-  local src = img.src
-  if src:match("^%a[%w+.-]*:") or pandoc.path.is_absolute(src) then
-    fail(file, src, "image " .. src .. " must be a file path relative to the project (no URLs, no absolute paths)")
-  end
-  local fh = io.open(pandoc.path.join({ project, src }), "rb")
-  if not fh then
-    fail(file, src, "image " .. pandoc.path.join({ project, src }) .. " does not exist; paths are relative to " .. project)
-  end
-  fh:close()
-  for key in pairs(img.attributes) do
-    if key ~= "width" and key ~= "height" then
-      fail(file, src, "image attribute " .. key .. " is not supported; use {#fig-name width=80%}")
+local function comment(raw)
+  return raw.format == "html" and raw.text:match("^<!%-%-.*%-%->%s*$")
+end
+
+-- The subset check, by element type: for an element outside the subset, the text that finds it in its file and
+-- the error (nothing when it is fine).
+local CHECKS = {
+  Div = function() return ":::", "fenced divs and callouts (':::') are not supported; use plain Markdown" end,
+  Span = function() return "]{", "bracketed spans ([text]{...}) are not supported; use plain Markdown" end,
+  RawInline = function(raw)
+    return raw.text, "raw " .. raw.format:upper() .. " " .. raw.text .. " is not supported (escape a literal < as \\<)"
+  end,
+  RawBlock = function(raw)
+    return raw.text:match("[^\n]*"), "raw " .. raw.format:upper() .. " is not supported; use Markdown"
+  end,
+  Code = function(code)
+    local cell = code.text:match("^{[%w_]+[^}]*}")
+    if cell then
+      return cell, "code block " .. cell .. ": executable cells are not supported; write ```text (or another language)"
+    end
+  end,
+  CodeBlock = function(block)
+    if block.text:match("^#|") then return "#|", "cell options '#|': executable cells are not supported" end
+  end,
+  Header = function(h)
+    if h.level > 4 then return pandoc.utils.stringify(h), "heading level " .. h.level .. " is too deep; use # to ####" end
+    for _, class in ipairs(h.classes) do
+      if not HEADING_CLASSES[class] then
+        return "." .. class, "heading class ." .. class .. " is not supported; use {.unnumbered} or {.appendix}"
+      end
+    end
+  end,
+  Image = function(img, file)
+    local path = pandoc.path.join({ project, img.src })
+    if img.src:match("^%a[%w+.-]*:") or pandoc.path.is_absolute(img.src) then
+      return img.src, "image " .. img.src .. " must be a file path relative to the project (no URLs, no absolute paths)"
+    elseif not pcall(pandoc.system.read_file, path) then
+      return img.src, "image " .. path .. " does not exist; paths are relative to " .. project
+    elseif img.identifier:match("^fig%-") then
+      return "#" .. img.identifier, "figure #" .. img.identifier .. " must be a paragraph of its own (blank lines around)"
+    end
+    for key in pairs(img.attributes) do
+      if key ~= "width" and key ~= "height" then
+        return img.src, "image attribute " .. key .. " is not supported; use {#fig-name width=80%}"
+      end
+    end
+  end,
+  Figure = function(fig, file)
+    if fig.identifier ~= "" then return label(fig.identifier, file) end -- pandoc moved it there from the image
+  end,
+  Table = function(tbl, file)
+    if tbl.identifier ~= "" and not kind_of(tbl.identifier) then return tbl.identifier, "table ids must start with tbl-" end
+    if tbl.identifier ~= "" then return label(tbl.identifier, file) end
+  end,
+  Cite = function(cite, file)
+    local c = cite.citations[1]
+    if not kind_of(c.id) then
+      return "@" .. c.id, "@" .. c.id .. " is a citation; only @fig-... and @tbl-... references are supported "
+        .. "(write \\@ for a literal @)"
+    elseif #cite.citations > 1 or #c.prefix > 0 or #c.suffix > 0 then
+      return "@" .. c.id, "only one reference per citation, without prefix or suffix, is supported"
+    end
+    cited[c.id] = cited[c.id] or where(file, "@" .. c.id)
+  end,
+}
+
+local function checks(file)
+  local filter = {}
+  for t, check in pairs(CHECKS) do
+    filter[t] = function(el)
+      local needle, message, from = check(el, file)
+      if needle then fail(file, needle, message, from) end
     end
   end
-  if img.identifier:match("^fig%-") then
-    fail(file, "#" .. img.identifier, "figure #" .. img.identifier .. " must be a paragraph of its own (blank lines around)")
-  end
+  return filter
 end
 
--- The subset check, on the parsed blocks of one file.
-local function checks(file)
-  local function unsupported(needle, what)
-    return function() fail(file, needle, what .. " not supported by the fallback renderer; use plain Markdown") end
-  end
-  return {
-    Div = unsupported(":::", "fenced divs and callouts (':::') are"),
-    Span = unsupported("]{", "bracketed spans ([text]{...}) are"),
-    RawInline = function(raw)
-      if raw.format == "html" and raw.text:match("^<!%-%-") then return {} end -- a comment: invisible, as in Quarto
-      fail(file, raw.text, "raw " .. raw.format:upper() .. " " .. raw.text .. " is not supported (escape a literal < as \\<)")
-    end,
-    RawBlock = function(raw)
-      if raw.format == "html" and raw.text:match("^<!%-%-.*%-%->%s*$") then return {} end
-      fail(file, raw.text:match("[^\n]*"), "raw " .. raw.format:upper() .. " is not supported; use Markdown")
-    end,
-    Code = function(code)
-      if code.text:match("^{[%w_]+") then
-        fail(file, code.text:match("^{[^}]*}"), "code block " .. code.text:match("^{[^}]*}") ..
-          ": executable cells are not supported; write ```text (or another language) instead")
-      end
-    end,
-    CodeBlock = function(block)
-      if block.text:match("^#|") then fail(file, "#|", "cell options '#|': executable cells are not supported") end
-    end,
-    Header = function(h)
-      if h.level > 4 then fail(file, pandoc.utils.stringify(h), "heading level " .. h.level .. " is too deep; use # to ####") end
-      for _, class in ipairs(h.classes) do
-        if not HEADING_CLASSES[class] then
-          fail(file, "." .. class, "heading class ." .. class .. " is not supported; use {.unnumbered} or {.appendix}")
-        end
-      end
-    end,
-    Figure = function(fig)
-      if fig.identifier ~= "" then label(fig.identifier, file) end -- pandoc moved it there from the image
-    end,
-    Table = function(tbl)
-      if tbl.identifier ~= "" then
-        if not kind_of(tbl.identifier) then fail(file, tbl.identifier, "table ids must start with tbl-") end
-        label(tbl.identifier, file)
-      end
-    end,
-    Image = function(img) check_image(img, file) end,
-    Cite = function(cite)
-      for _, c in ipairs(cite.citations) do
-        if not kind_of(c.id) then
-          fail(file, "@" .. c.id, "@" .. c.id .. " is a citation; only @fig-... and @tbl-... references are supported "
-            .. "(write \\@ for a literal @)")
-        end
-        table.insert(references, { id = c.id, where = where(file, "@" .. c.id) })
-      end
-    end,
-  }
-end
-
-local stack = {}
-
--- The blocks of one file: includes spliced in, variables resolved, the subset checked.
-local function blocks_of(file, text, main)
+-- The blocks of one file: includes spliced in, variables resolved, comments dropped, the subset checked.
+local function blocks_of(file, text)
   for _, f in ipairs(stack) do
     if f == file then
-      local chain = {}
-      for _, g in ipairs(stack) do table.insert(chain, pandoc.path.filename(g)) end
-      table.insert(chain, pandoc.path.filename(file))
+      local chain = pandoc.List(stack):map(pandoc.path.filename) .. { pandoc.path.filename(file) }
       fail(stack[#stack], pandoc.path.filename(file), "include cycle (" .. table.concat(chain, " -> ") .. ")")
     end
   end
   sources[file] = text
   local doc = pandoc.read(text, FROM)
   for key in pairs(doc.meta) do
-    if not main then fail(file, "---", "included files may not have YAML front matter; move it to the main document") end
+    if #stack > 0 then fail(file, "---", "included files may not have YAML front matter; move it to the main document") end
     if not FRONT_MATTER[key] then
       fail(file, key .. ":", "front matter key " .. key .. " is not supported (only title, subtitle, author, date, "
         .. "abstract); put format options in _quarto.yml")
@@ -217,21 +210,23 @@ local function blocks_of(file, text, main)
     local target = block.t == "Para" and pandoc.utils.stringify(block):match("^{{<%s*include%s+(%S+)%s*>}}$")
     if target then
       local path = pandoc.path.join({ project, (target:gsub("[\"']", "")) })
-      local fh = io.open(path, "rb") or fail(file, target, "included file " .. path .. " does not exist; "
-        .. "paths are relative to the project " .. project)
-      out:extend(blocks_of(path, fh:read("a"), false))
-      fh:close()
+      local ok, included = pcall(pandoc.system.read_file, path)
+      if not ok then fail(file, target, "included file " .. path .. " does not exist; paths are relative to " .. project) end
+      out:extend(blocks_of(path, included))
     else
-      local walked = pandoc.Blocks({ block }):walk({ Inlines = shortcodes(file) }):walk(checks(file))
-      out:extend(walked)
+      local drop = function(raw) return comment(raw) and {} or nil end -- comments are invisible, as in Quarto
+      local walked = pandoc.Blocks({ block }):walk({ Inlines = shortcodes(file), RawInline = drop, RawBlock = drop })
+      out:extend(walked:walk(checks(file)))
     end
   end
   table.remove(stack)
   return out
 end
 
-local function number_caption(caption, id)
-  local text = PREFIX[kind_of(id)] .. " " .. numbers[id]
+local function numbered(el)
+  local kind = kind_of(el.identifier)
+  if not kind then return nil end
+  local text, caption = PREFIX[kind] .. " " .. labels[el.identifier].number, el.caption
   if pandoc.utils.stringify(caption.long) == "" then
     caption.long = pandoc.Blocks({ pandoc.Plain(pandoc.Inlines(text)) })
   elseif caption.long[1].t == "Plain" or caption.long[1].t == "Para" then
@@ -239,73 +234,43 @@ local function number_caption(caption, id)
   else
     caption.long:insert(1, pandoc.Plain(pandoc.Inlines(text .. ": ")))
   end
-  return caption
-end
-
-local function numbered(el)
-  if kind_of(el.identifier) then
-    el.caption = number_caption(el.caption, el.identifier)
-    return el
-  end
+  el.caption = caption
+  return el
 end
 
 local function reference(cite)
   local c = cite.citations[1]
-  if #cite.citations ~= 1 or #c.prefix > 0 or #c.suffix > 0 then
-    error("only one reference per citation, without prefix or suffix, is supported: " .. pandoc.utils.stringify(cite), 0)
+  local target = labels[c.id]
+  if not target then
+    local kind = kind_of(c.id) == "fig" and "figure" or "table"
+    error(cited[c.id] .. ": unknown reference @" .. c.id .. ": no " .. kind .. " has the label #" .. c.id, 0)
   end
-  local text = c.mode == "SuppressAuthor" and tostring(numbers[c.id]) or PREFIX[kind_of(c.id)] .. " " .. numbers[c.id]
+  local text = c.mode == "SuppressAuthor" and tostring(target.number) or PREFIX[kind_of(c.id)] .. " " .. target.number
   return pandoc.Link(pandoc.Inlines(text), "#" .. c.id, "", pandoc.Attr("", { "quarto-xref" }))
 end
 
--- Typst reads "..." as an ellipsis shorthand; keep literal dots literal.
-local function typst_dots(str)
-  if not str.text:find("...", 1, true) then return nil end
-  local out = pandoc.Inlines({})
-  for piece, dots in str.text:gmatch("([^%.]*)(%.*)") do
-    if piece ~= "" then out:insert(pandoc.Str(piece)) end
-    if #dots >= 3 then
-      out:insert(pandoc.RawInline("typst", string.rep("\\.", #dots)))
-    elseif dots ~= "" then
-      out:insert(pandoc.Str(dots))
-    end
-  end
-  return out
-end
-
-local function typst_image(img)
-  if not img.src:match("^%a[%w+.-]*:") and not pandoc.path.is_absolute(img.src) then
+local TYPST = {
+  Image = function(img) -- relative to the project's subfolder that holds the .typ file
     img.src = pandoc.path.join({ "..", img.src })
-  end
-  return img
-end
+    return img
+  end,
+  Str = function(str) -- Typst reads "..." as an ellipsis shorthand: literal dots stay literal
+    if not str.text:find("...", 1, true) then return nil end
+    local out = pandoc.Inlines({})
+    for piece, dot in str.text:gmatch("([^.]*)(%.?)") do
+      out:insert(pandoc.Str(piece))
+      if dot ~= "" then out:insert(pandoc.RawInline("typst", "\\.")) end
+    end
+    return out
+  end,
+}
 
 function Pandoc(doc)
   local main = PANDOC_STATE.input_files[1]
   project, meta = pandoc.path.directory(main), doc.meta
-  local fh = io.open(main, "rb")
-  doc.blocks = blocks_of(main, fh:read("a"), true)
-  fh:close()
+  doc.blocks = blocks_of(main, pandoc.system.read_file(main))
   doc.meta = pandoc.Pandoc({}, doc.meta):walk({ Inlines = shortcodes(main) }).meta
-  for _, ref in ipairs(references) do
-    if not labels[ref.id] then
-      local kind = kind_of(ref.id) == "fig" and "figure" or "table"
-      error(ref.where .. ": unknown reference @" .. ref.id .. ": no " .. kind .. " has the label #" .. ref.id, 0)
-    end
-  end
-  local count = { fig = 0, tbl = 0 }
-  local function number(el)
-    local kind = kind_of(el.identifier)
-    if kind then
-      count[kind] = count[kind] + 1
-      numbers[el.identifier] = count[kind]
-    end
-  end
-  doc.blocks:walk({ Figure = number, Table = number })
   if not doc.meta.title then doc.meta.pagetitle = pandoc.path.filename(project) end
-  local filter = { Figure = numbered, Table = numbered, Cite = reference }
-  if FORMAT:match("typst") then filter.Image = typst_image end
-  doc = doc:walk(filter)
-  if FORMAT:match("typst") then doc = doc:walk({ Str = typst_dots }) end -- walks the metadata too
-  return doc
+  doc = doc:walk({ Figure = numbered, Table = numbered, Cite = reference })
+  return FORMAT:match("typst") and doc:walk(TYPST) or doc
 end
