@@ -108,7 +108,7 @@ end
 local function raw(el)
   if el.format == "html" and el.text:match("^<!%-%-.*%-%->%s*$") then return {} end -- invisible, as in Quarto
   local first = el.text:match("[^\n]*")
-  fail(first, "raw " .. el.format:upper() .. " " .. first .. " is not supported; use Markdown (escape a literal < as \\<)")
+  fail(first, "raw " .. el.format:upper() .. " " .. first .. " is not supported; use Markdown (a literal < is \\<)")
 end
 
 -- The subset check, a filter on the blocks of the file being read: what is outside the subset stops the render.
@@ -125,7 +125,7 @@ local CHECKS = {
     if block.text:match("^#|") then fail("#|", "cell options '#|': executable cells are not supported") end
   end,
   Header = function(h)
-    if h.level > 4 then fail(pandoc.utils.stringify(h), "heading level " .. h.level .. " is too deep; use # to ####") end
+    if h.level > 4 then fail(pandoc.utils.stringify(h), "heading level " .. h.level .. " is too deep (# to ####)") end
     for _, class in ipairs(h.classes) do
       if not HEADING_CLASSES[class] then
         fail("." .. class, "heading class ." .. class .. " is not supported; use {.unnumbered} or {.appendix}")
@@ -139,7 +139,7 @@ local CHECKS = {
     elseif not pcall(pandoc.system.read_file, path) then
       fail(img.src, "image " .. path .. " does not exist; paths are relative to " .. project)
     elseif img.identifier:match("^fig%-") then
-      fail("#" .. img.identifier, "figure #" .. img.identifier .. " must be a paragraph of its own (blank lines around)")
+      fail("#" .. img.identifier, "figure #" .. img.identifier .. " must be a paragraph of its own")
     end
     for key in pairs(img.attributes) do
       if key ~= "width" and key ~= "height" then
@@ -149,7 +149,7 @@ local CHECKS = {
   end,
   Figure = label, -- pandoc moved the image's id there
   Table = function(tbl)
-    if tbl.identifier ~= "" and not kind_of(tbl.identifier) then fail(tbl.identifier, "table ids must start with tbl-") end
+    if tbl.identifier ~= "" and not kind_of(tbl.identifier) then fail(tbl.identifier, "table ids start with tbl-") end
     return label(tbl)
   end,
   Cite = function(cite)
@@ -188,7 +188,7 @@ local function blocks_of(file)
   for _, block in ipairs(doc.blocks) do
     local target = block.t == "Para" and pandoc.utils.stringify(block):match("^{{<%s*include%s+(%S+)%s*>}}$")
     if target then
-      out:extend(blocks_of(pandoc.path.join({ project, (target:gsub("[\"']", "")) })))
+      out:extend(blocks_of(pandoc.path.join({ project, target })))
     else
       out:extend(pandoc.Blocks({ block }):walk({ Inlines = shortcodes }):walk(CHECKS))
     end
