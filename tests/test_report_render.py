@@ -277,6 +277,7 @@ ERRORS = {
     "missing include": ("Intro.\n\n{{< include _generated/missing.qmd >}}\n", {}, "report.qmd:3", "missing.qmd"),
     "unknown reference": ("See @fig-nope.\n", {}, "report.qmd:1", "@fig-nope"),
     "citation": ("As @smith2020 said.\n", {}, "report.qmd:1", "@smith2020"),
+    "two references in one citation": ("Text\n\nSee [@fig-a; @tbl-b].\n", {}, "report.qmd:3", "one reference"),
     "include cycle": (
         "{{< include a.qmd >}}\n",
         {"a.qmd": "A\n\n{{< include b.qmd >}}\n", "b.qmd": "B\n\n\n{{< include a.qmd >}}\n"},
@@ -372,3 +373,9 @@ def test_quarto_branch_commands(tmp_path, monkeypatch):
     assert out == {"html": project / "_output" / "report.html", "pdf": project / "_output" / "report.pdf"}
     calls = log.read_text().splitlines()
     assert calls == [f"render {project} --to html -M embed-resources:true", f"render {project} --to typst"]
+    with pytest.raises(ReportError, match="quarto renderer writes html, pdf"):
+        render_report(project, formats=("typst",))
+    (project / "_quarto.yml").write_text(QUARTO_YML.replace("output-dir: _output", "output-dir: site"))
+    with pytest.raises(ReportError, match="output-dir: _output"):
+        render_report(project)
+    assert len(log.read_text().splitlines()) == 2  # both refused before quarto ran
