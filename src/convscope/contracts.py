@@ -98,6 +98,17 @@ class Faithfulness(TypedDict):
     steps: int
 
 
+class RoadScores(TypedDict):
+    morf: float | None
+    lerf: float | None
+    random_morf: float | None
+    random_lerf: float | None
+    fractions: list[float]
+    noise: float
+    n: int
+    flagged: int
+
+
 class SanityCheck(TypedDict):
     steps: list[str]
     spearman: list[float | None]
@@ -111,6 +122,7 @@ class MethodReport(TypedDict):
     localisation: dict[str, dict[str, Any]] | None  # layer -> group -> GroupScores, plus "baselines"
     localisation_skipped: str | None
     faithfulness: Faithfulness
+    road: RoadScores
     sanity: SanityCheck
 
 

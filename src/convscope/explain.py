@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from convscope.cam import grad_cam, shape_of
+from convscope.cam import CamResult, cams, check_methods, grad_cam, shape_of
 from convscope.config import ModelConfig
 from convscope.data import ImageSource
 from convscope.errors import LayerError
@@ -41,6 +41,8 @@ BLUR_SIGMA_AT_224 = 5.0  # RISE's insertion blur (sigma 5, kernel 11) at 224 px,
 # A method passes the sanity check when the mean Spearman correlation between its maps of the trained and of the
 # fully randomised model falls below this: fewer than half of the ranks survive the destruction of every weight.
 SANITY_THRESHOLD = 0.5
+ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # Rong et al.'s removal shares
+ROAD_NOISE = 0.01  # standard deviation of the imputation noise, as Rong et al. and pytorch-grad-cam
 
 
 def _check_maps(maps: Tensor, name: str = "maps") -> None:
@@ -233,6 +235,22 @@ def score_curve(
     return torch.cat(probabilities).view(n, steps)
 
 
+def _check_curve_inputs(inputs: Tensor, maps: Tensor, targets: Tensor | Sequence[int]) -> tuple[int, Tensor]:
+    """The image count and the targets as a tensor, after checking that inputs, maps and targets fit together."""
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {shape_of(inputs)}")
+    n, _, height, width = inputs.shape
+    _check_maps(maps)
+    if maps.shape != (n, height, width):
+        raise ValueError(f"maps must be N×H×W = {(n, height, width)} to match the inputs, got {tuple(maps.shape)}")
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps must be finite to rank pixels; replace NaN/inf maps (the engine's maps always are)")
+    targets = torch.as_tensor(targets).reshape(-1)
+    if targets.is_floating_point() or targets.numel() != n or (targets < 0).any():
+        raise ValueError(f"targets must be {n} non-negative integer class indices, got {targets.tolist()}")
+    return n, targets
+
+
 def deletion_insertion(
     model: nn.Module,
     inputs: Tensor,
@@ -259,17 +277,8 @@ def deletion_insertion(
     Returns:
         The :class:`Curves`.
     """
-    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must be a non-empty floating N×C×H×W tensor, got {shape_of(inputs)}")
-    n, _, height, width = inputs.shape
-    _check_maps(maps)
-    if maps.shape != (n, height, width):
-        raise ValueError(f"maps must be N×H×W = {(n, height, width)} to match the inputs, got {tuple(maps.shape)}")
-    if not torch.isfinite(maps).all():
-        raise ValueError("maps must be finite to rank pixels; replace NaN/inf maps (the engine's maps always are)")
-    targets = torch.as_tensor(targets).reshape(-1)
-    if targets.is_floating_point() or targets.numel() != n or (targets < 0).any():
-        raise ValueError(f"targets must be {n} non-negative integer class indices, got {targets.tolist()}")
+    n, targets = _check_curve_inputs(inputs, maps, targets)
+    height, width = inputs.shape[-2:]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -399,6 +408,74 @@ class Sanity:
         return None if math.isnan(final) else final < SANITY_THRESHOLD
 
 
+def cascading_randomisations(
+    model: nn.Module,
+    inputs: Tensor,
+    layer: str,
+    methods: Sequence[str] = ("gradcam",),
+    targets: Tensor | Sequence[int] | None = None,
+    seed: int = 0,
+    trained: dict[str, CamResult] | None = None,
+    batch_size: int = 64,
+) -> dict[str, Sanity]:
+    """Adebayo et al.'s cascading randomisation: maps of the same images and classes as the weights are
+    re-initialised stage by stage from the head downward, compared with the trained model's maps. Each step
+    computes every method's maps at once (:func:`~convscope.cam.cams`).
+
+    Works on a deep copy: the caller's model, and the global random stream, are left as they were.
+
+    Args:
+        model: A classifier.
+        inputs: N×C×H×W model inputs.
+        layer: The module whose maps are compared.
+        methods: CAM methods (:data:`convscope.cam.METHODS`).
+        targets: N classes to explain; None takes the trained model's predictions.
+        seed: Seed of the re-initialisation (step k uses ``seed + k``).
+        trained: The trained model's maps of ``inputs`` at ``layer`` per method, when the caller has them already
+            (their targets are then the explained classes); None computes them.
+        batch_size: Forwards per batch of the perturbation methods.
+
+    Returns:
+        The :class:`Sanity` record of each method.
+    """
+    methods = check_methods(methods)
+    if trained is None:
+        trained = cams(model, inputs, [layer], methods, targets=targets, batch_size=batch_size)
+    missing = [m for m in methods if m not in trained or layer not in trained[m].maps]
+    if missing:
+        raise ValueError(f"trained maps lack method {missing[0]!r} at layer {layer!r}")
+    targets = trained[methods[0]].targets
+    randomised = copy.deepcopy(model)
+    names = randomisable_stages(randomised)
+    if not names:
+        raise LayerError(f"{type(model).__name__} has no stage with parameters to randomise")
+    modules = stages(randomised)
+    steps: dict[str, list[Tensor]] = {method: [] for method in methods}
+    for step, name in enumerate(names):
+        _reinitialise(modules[name], seed + step)
+        found = cams(randomised, inputs, [layer], methods, targets=targets, batch_size=batch_size)
+        for method in methods:
+            steps[method].append(found[method].maps[layer])
+    out = {}
+    for method in methods:
+        original, maps = trained[method].maps[layer], torch.stack(steps[method])
+        undefined = undefined_maps(original, trained[method].flags[layer])
+        s, n = maps.shape[:2]
+        pairs = (original.expand_as(maps).reshape(s * n, *original.shape[1:]), maps.reshape(s * n, *original.shape[1:]))
+        rho = spearman(*pairs).view(s, n).nan_to_num(0.0)  # NaN here means a constant randomised map: nothing kept
+        similarity = ssim(*pairs).view(s, n)
+        out[method] = Sanity(
+            steps=names,
+            targets=targets,
+            original=original,
+            undefined=undefined,
+            maps=maps,
+            spearman=torch.where(undefined, torch.nan, rho),
+            ssim=torch.where(undefined, torch.nan, similarity),
+        )
+    return out
+
+
 def cascading_randomisation(
     model: nn.Module,
     inputs: Tensor,
@@ -407,48 +484,133 @@ def cascading_randomisation(
     targets: Tensor | Sequence[int] | None = None,
     seed: int = 0,
 ) -> Sanity:
-    """Adebayo et al.'s cascading randomisation: maps of the same images and classes as the weights are
-    re-initialised stage by stage from the head downward, compared with the trained model's maps.
+    """:func:`cascading_randomisations` of one method."""
+    return cascading_randomisations(model, inputs, layer, [method], targets=targets, seed=seed)[method]
 
-    Works on a deep copy: the caller's model, and the global random stream, are left as they were.
+
+# --- ROAD: remove and debias -----------------------------------------------------------------------------------
+
+
+def removal_masks(maps: Tensor, fractions: Sequence[float], most_relevant_first: bool) -> Tensor:
+    """N×F×H×W bool masks, True where a pixel is removed: at each fraction f the ``round(f * H * W)`` most (or least)
+    salient pixels of each map, ranked as :func:`pixel_ranks` ranks them (ties in raster order)."""
+    ranks = pixel_ranks(maps)[:, None]
+    pixels = ranks.shape[-1] * ranks.shape[-2]
+    counts = torch.round(torch.tensor(list(fractions), dtype=torch.float64) * pixels).long().to(ranks.device)
+    counts = counts[None, :, None, None]
+    return ranks < counts if most_relevant_first else ranks >= pixels - counts
+
+
+_NEIGHBOURS = ((-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12), (0, -1, 1 / 6), (0, 1, 1 / 6), (1, -1, 1 / 12))
+_NEIGHBOURS += ((1, 0, 1 / 6), (1, 1, 1 / 12))  # (dy, dx, weight): direct neighbours 1/6, diagonal ones 1/12
+
+
+def impute(
+    images: Tensor, removed: Tensor, noise: float = ROAD_NOISE, generator: torch.Generator | None = None
+) -> Tensor:
+    """ROAD's noisy linear imputation (Rong et al. 2022): each removed pixel becomes the weighted mean of its 8
+    neighbours (1/6 for the 4 direct ones, 1/12 for the diagonals; neighbours outside the image drop out), solved
+    for all removed pixels of an image at once as one sparse linear system (``scipy.sparse.linalg.spsolve``, as
+    pytorch-grad-cam does), plus Gaussian noise of standard deviation ``noise``.
 
     Args:
-        model: A classifier.
-        inputs: N×C×H×W model inputs.
-        layer: The module whose maps are compared.
-        method: "gradcam", "gradcam++" or "layercam".
-        targets: N classes to explain; None takes the trained model's predictions.
-        seed: Seed of the re-initialisation (step k uses ``seed + k``).
+        images: B×C×H×W images.
+        removed: B×H×W bool, True for the pixels to impute; at least one pixel of each image must be kept.
+        noise: Standard deviation of the noise added to the imputed pixels.
+        generator: Random stream of the noise (drawn per image, C×removed pixels, in batch order).
 
     Returns:
-        The :class:`Sanity` record.
+        B×C×H×W images, equal to ``images`` where nothing was removed.
     """
-    trained = grad_cam(model, inputs, [layer], targets=targets, method=method)
-    original = trained.maps[layer]
-    undefined = undefined_maps(original, trained.flags[layer])
-    randomised = copy.deepcopy(model)
-    names = randomisable_stages(randomised)
-    if not names:
-        raise LayerError(f"{type(model).__name__} has no stage with parameters to randomise")
-    modules = stages(randomised)
-    maps = []
-    for step, name in enumerate(names):
-        _reinitialise(modules[name], seed + step)
-        maps.append(grad_cam(randomised, inputs, [layer], targets=trained.targets, method=method).maps[layer])
-    maps = torch.stack(maps)
-    s, n = maps.shape[:2]
-    pairs = (original.expand_as(maps).reshape(s * n, *original.shape[1:]), maps.reshape(s * n, *original.shape[1:]))
-    rho = spearman(*pairs).view(s, n).nan_to_num(0.0)  # NaN here means a constant randomised map: nothing kept
-    similarity = ssim(*pairs).view(s, n)
-    return Sanity(
-        steps=names,
-        targets=trained.targets,
-        original=original,
-        undefined=undefined,
-        maps=maps,
-        spearman=torch.where(undefined, torch.nan, rho),
-        ssim=torch.where(undefined, torch.nan, similarity),
-    )
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    _, c, h, w = images.shape
+    out = images.detach().cpu().clone()
+    for k, holes in enumerate(removed.cpu().numpy()):
+        ys, xs = np.nonzero(holes)
+        if not len(ys):
+            continue
+        if len(ys) == h * w:
+            raise ValueError("every pixel of an image is removed: nothing to impute from")
+        unknown = np.full((h, w), -1)
+        unknown[ys, xs] = np.arange(len(ys))
+        flat = out[k].reshape(c, -1).double().numpy()
+        rows, cols, values = [], [], []
+        diagonal, rhs = np.zeros(len(ys)), np.zeros((len(ys), c))
+        for dy, dx, weight in _NEIGHBOURS:
+            y, x = ys + dy, xs + dx
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            me, y, x = np.nonzero(inside)[0], y[inside], x[inside]
+            other = unknown[y, x]
+            diagonal[me] -= weight
+            free = other >= 0
+            rows.append(me[free]), cols.append(other[free]), values.append(np.full(free.sum(), weight))
+            rhs[me[~free]] -= weight * flat[:, y[~free] * w + x[~free]].T
+        rows.append(np.arange(len(ys))), cols.append(np.arange(len(ys))), values.append(diagonal)
+        system = coo_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols)))).tocsc()
+        solved = torch.from_numpy(spsolve(system, rhs).reshape(len(ys), c).T).float()
+        jitter = torch.randn(solved.shape, generator=generator) * noise
+        out[k][:, ys, xs] = solved + jitter
+    return out.to(images.device)
+
+
+@dataclass
+class Road:
+    """ROAD scores of a batch of maps: the target's softmax probability after imputing the removed pixels.
+
+    Attributes:
+        fractions: F shares of the pixels removed.
+        morf: N×F, most relevant pixels removed first (lower is better: the map found what the score needs).
+        lerf: N×F, least relevant pixels removed first (higher is better).
+    """
+
+    fractions: Tensor
+    morf: Tensor
+    lerf: Tensor
+
+
+def road(
+    model: nn.Module,
+    inputs: Tensor,
+    maps: Tensor,
+    targets: Tensor | Sequence[int],
+    fractions: Sequence[float] = ROAD_FRACTIONS,
+    noise: float = ROAD_NOISE,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Road:
+    """ROAD (Rong et al. 2022, "remove and debias"): the pixels a map ranks highest (MoRF) or lowest (LeRF) are
+    removed at each fraction and filled in by :func:`impute`, so that the filling itself does not give away which
+    pixels were removed; the score is the softmax probability of the target class, in eval mode without gradients.
+
+    Args:
+        model: A classifier returning N×K logits (its train/eval modes are restored afterwards).
+        inputs: N×C×H×W normalised model inputs.
+        maps: N×H×W finite maps at input size.
+        targets: N class indices, usually the class each map explains.
+        fractions: Shares of the pixels removed, each in (0, 1).
+        noise: Standard deviation of the imputation noise (in normalised input units).
+        seed: Seed of the noise.
+        batch_size: Imputed images per forward pass.
+    """
+    n, targets = _check_curve_inputs(inputs, maps, targets)
+    fractions = list(fractions)
+    if not fractions or any(not 0 < f < 1 for f in fractions):
+        raise ValueError(f"fractions must be shares in (0, 1), got {fractions}")
+    generator = torch.Generator().manual_seed(seed)
+    scores = {}
+    with eval_mode(model), torch.inference_mode():
+        for order, first in (("morf", True), ("lerf", False)):
+            removed = removal_masks(maps, fractions, first).flatten(0, 1)  # image-major, then fraction
+            image = torch.arange(n).repeat_interleave(len(fractions))
+            probabilities = []
+            for chunk in torch.arange(len(image)).split(batch_size):
+                i = image[chunk]
+                logits = logits_of(model(impute(inputs[i], removed[chunk], noise, generator)))
+                probabilities.append(logits.softmax(1).gather(1, targets[i, None].to(logits.device))[:, 0])
+            scores[order] = torch.cat(probabilities).view(n, len(fractions))
+    return Road(fractions=torch.tensor(fractions), **scores)
 
 
 def summary(values: np.ndarray) -> dict:

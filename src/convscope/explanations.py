@@ -20,6 +20,8 @@ The JSON (``schema_version`` 1; floats rounded to 4 decimals, null where undefin
         "localisation_skipped": str | null,   # why localisation is null (the dataset has no object masks)
         "faithfulness": {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc": float,
                          "n": int, "flagged": int, "steps": int},
+        "road": {"morf", "lerf", "random_morf", "random_lerf": float,   # mean target probability over the fractions
+                 "fractions": [float], "noise": float, "n": int, "flagged": int},
         "sanity": {"steps": [stage randomised at each step, head first, cumulative],
                    "spearman": [mean per step], "ssim": [mean per step], "n": int, "flagged": int,
                    "passes": bool | null}}}}
@@ -27,14 +29,25 @@ The JSON (``schema_version`` 1; floats rounded to 4 decimals, null where undefin
 A group is ``all``, ``correct`` or ``misclassified`` (test images by the model's prediction) and a SUMMARY is
 ``{"pointing_game": mean, "energy": mean, "n": maps counted, "flagged": undefined maps left out}``. The
 localisation runs on every test image; method AUCs average the images whose map is defined (``n``; ``flagged``
-left out), the random-map AUCs average every sample image.
+left out), the random-map AUCs average every sample image. ROAD (Rong et al. 2022) removes the most (MoRF, lower
+is better) or least (LeRF, higher is better) salient pixels at each fraction, fills them by noisy linear
+imputation and averages the target's softmax probability over the fractions and the defined maps.
+
+Every map is computed once: one ``cams`` call per test batch gives every method at every layer, and the sample's
+maps from those calls serve faithfulness, ROAD and the sanity check's trained step.
 
 ``explanations.npz`` holds ``layers``, ``sample_indices``, ``sample_labels``, ``sample_targets``, ``fractions``
 (S+1), ``random_deletion``/``random_insertion`` (N×(S+1)), ``sanity_steps``; per method ``cam_<m>`` (N×H×W maps
 at the deepest layer), ``undefined_<m>``, ``deletion_<m>``/``insertion_<m>``, ``sanity_spearman_<m>``/
-``sanity_ssim_<m>`` (S×N) and ``sanity_maps_<m>`` (S×E×H×W for the E example images of ``sanity_maps.png``);
+``sanity_ssim_<m>`` (S×N), ``road_morf_<m>``/``road_lerf_<m>`` (N×F) beside ``road_fractions`` and
+``random_road_morf``/``random_road_lerf``, and ``sanity_maps_<m>`` (S×E×H×W for the E example images of
+``sanity_maps.png``);
 with masks, per test image, ``test_correct``, ``pointing_<m>_<layer>``/``energy_<m>_<layer>`` (NaN for undefined
 maps) and the baselines' ``pointing_centre``/``energy_centre``/``pointing_random``/``energy_random``.
+
+``maps.npz`` holds the sample's ``inputs`` (float32 N×C×H×W, as fed to the model), ``targets``, ``layers``,
+``methods`` and per method and layer ``cam_<method>_<layer>`` (N×H×W, scaled as ``gradcam.npz``) and
+``flags_<method>_<layer>``.
 """
 
 from __future__ import annotations
@@ -49,23 +62,26 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from convscope.cam import METHODS, grad_cam
+from convscope.cam import CamResult, cams, check_methods
 from convscope.config import ModelConfig
 from convscope.contracts import Explanations as ExplanationsReport
 from convscope.data import ImageSource, read_index, sample_indices
 from convscope.errors import ConfigError, DatasetError
 from convscope.evaluation import open_model_and_split
 from convscope.explain import (
+    ROAD_NOISE,
     SANITY_THRESHOLD,
     Curves,
+    Road,
     Sanity,
-    cascading_randomisation,
+    cascading_randomisations,
     centre_maps,
     deletion_insertion,
     dilate,
     energy_pointing_game,
     pointing_game,
     random_maps,
+    road,
     summary,
     tolerance_pixels,
 )
@@ -91,6 +107,7 @@ class Explanations:
     curves: dict[str, Curves]
     sanity: dict[str, Sanity]
     baseline: Curves
+    maps: dict[str, object]  # maps.npz: the sample's maps of every method at every layer
 
 
 def _number(value: float | None) -> float | None:
@@ -104,22 +121,36 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """The configured CAM methods as a list; ConfigError for a string, an empty list, a repeat or an unknown one."""
-    if isinstance(methods, str):  # list("gradcam") would check each letter
-        raise ConfigError(f"methods must be a list of method names, got the string {methods!r}; write [{methods!r}]")
-    methods = list(methods)
-    if not methods:
-        raise ConfigError(f"methods is empty; choose at least one of: {', '.join(METHODS)}")
-    if len(set(methods)) < len(methods):
-        raise ConfigError(f"methods lists a method twice: {methods}")
-    unknown = [method for method in methods if method not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method {unknown[0]!r}; choose one of: {', '.join(METHODS)}")
-    return methods
-
-
 # --- localisation on every test image --------------------------------------------------------------------------
+
+
+def _select(found: dict[str, CamResult], rows: torch.Tensor) -> dict[str, CamResult]:
+    """The rows ``rows`` of every method's result."""
+    return {
+        method: CamResult(
+            logits=r.logits[rows],
+            targets=r.targets[rows],
+            maps={layer: m[rows] for layer, m in r.maps.items()},
+            raw={layer: m[rows] for layer, m in r.raw.items()},
+            flags={layer: f[rows] for layer, f in r.flags.items()},
+        )
+        for method, r in found.items()
+    }
+
+
+def _concat(parts: list[dict[str, CamResult]]) -> dict[str, CamResult]:
+    """Every method's results of consecutive batches as one."""
+    first = parts[0]
+    return {
+        method: CamResult(
+            logits=torch.cat([p[method].logits for p in parts]),
+            targets=torch.cat([p[method].targets for p in parts]),
+            maps={layer: torch.cat([p[method].maps[layer] for p in parts]) for layer in first[method].maps},
+            raw={layer: torch.cat([p[method].raw[layer] for p in parts]) for layer in first[method].raw},
+            flags={layer: torch.cat([p[method].flags[layer] for p in parts]) for layer in first[method].flags},
+        )
+        for method in first
+    }
 
 
 def _localise(
@@ -130,13 +161,18 @@ def _localise(
     methods: list[str],
     batch_size: int,
     seed: int,
-) -> dict[str, np.ndarray]:
+    sample: list[int],
+) -> tuple[dict[str, np.ndarray], dict[str, CamResult]]:
     """Per test image: both pointing games of each method and layer and of the two baselines, and whether the
-    prediction is right. One ``grad_cam`` call per batch and method gives every layer."""
+    prediction is right; and the maps of the ``sample`` images (in its order), kept for the other metrics. One
+    ``cams`` call per batch gives every method at every layer."""
     side = config.input_size
     tolerance = tolerance_pixels(side)
     noise = random_maps(len(source), side, side, seed)
     columns: dict[str, list[torch.Tensor]] = {}
+    position = {index: k for k, index in enumerate(sample)}
+    kept: list[dict[str, CamResult]] = []
+    order: list[int] = []
 
     def add(
         who: str, maps: torch.Tensor, masks: torch.Tensor, near: torch.Tensor, flags: torch.Tensor | None = None
@@ -153,13 +189,20 @@ def _localise(
         near = dilate(masks, tolerance)  # once per batch, shared by every map
         add("centre", centre_maps(len(rows), side, side), masks, near)
         add("random", noise[start : start + len(rows)], masks, near)
+        found = cams(model, inputs, layers, methods, batch_size=batch_size)
         for method in methods:
-            result = grad_cam(model, inputs, layers, method=method)
             for layer in layers:
-                add(f"{method}_{layer}", result.maps[layer], masks, near, result.flags[layer])
-        columns.setdefault("test_correct", []).append(result.targets == labels)
+                add(f"{method}_{layer}", found[method].maps[layer], masks, near, found[method].flags[layer])
+        columns.setdefault("test_correct", []).append(found[methods[0]].targets == labels)
+        picked = [j for j, i in enumerate(rows) if i in position]
+        if picked:
+            kept.append(_select(found, torch.tensor(picked)))
+            order += [position[rows[j]] for j in picked]
         start += len(labels)
-    return {key: torch.cat(values).numpy() for key, values in columns.items()}
+    in_order = torch.empty(len(order), dtype=torch.long)
+    in_order[torch.tensor(order)] = torch.arange(len(order))
+    scores = {key: torch.cat(values).numpy() for key, values in columns.items()}
+    return scores, _select(_concat(kept), in_order)
 
 
 def _groups(pointing: np.ndarray, energy: np.ndarray, correct: np.ndarray) -> dict[str, dict]:
@@ -202,6 +245,20 @@ def _faithfulness_report(curves: Curves, undefined: torch.Tensor, baseline: Curv
     }
 
 
+def _road_report(road_: Road, undefined: torch.Tensor, baseline: Road) -> dict:
+    defined = ~undefined
+    return {
+        "morf": _number(road_.morf[defined].mean()),
+        "lerf": _number(road_.lerf[defined].mean()),
+        "random_morf": _number(baseline.morf.mean()),
+        "random_lerf": _number(baseline.lerf.mean()),
+        "fractions": [_number(f) for f in road_.fractions.tolist()],
+        "noise": ROAD_NOISE,
+        "n": int(defined.sum()),
+        "flagged": int(undefined.sum()),
+    }
+
+
 def _sanity_report(sanity: Sanity) -> dict:
     return {
         "steps": sanity.steps,
@@ -217,7 +274,7 @@ def compute_explanations(
     checkpoint_path: str | Path,
     index_path: str | Path,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = ("gradcam", "gradcam++", "layercam"),
     layers: Sequence[str] | None = None,
     num_images: int = 30,
     steps: int = 16,
@@ -235,7 +292,7 @@ def compute_explanations(
     Args:
         checkpoint_path: A convscope checkpoint.
         index_path: The dataset's ``index.json``.
-        methods: CAM methods, from "gradcam", "gradcam++", "layercam".
+        methods: CAM methods, from :data:`convscope.cam.METHODS`.
         layers: Module names, shallowest first; None uses :func:`~convscope.models.default_cam_layers`.
         num_images: Size of the faithfulness and sanity sample (capped at the test split's size).
         steps: Deletion/insertion steps from 0 to every pixel.
@@ -281,25 +338,40 @@ def compute_explanations(
         "sample_labels": np.asarray([source.labels[i] for i in sample], np.int64),
     }
 
-    scores = _localise(model, source, config, layers, methods, batch_size, seed) if has_masks else {}
+    if has_masks:
+        scores, found = _localise(model, source, config, layers, methods, batch_size, seed, sample)
+    else:
+        scores = {}
+        found = _concat([cams(model, x, layers, methods, batch_size=batch_size) for x in inputs.split(batch_size)])
     arrays |= scores
     skipped = None if has_masks else f"the {read_index(index_path).kind} dataset has no object masks"
-    sanity: dict[str, Sanity] = {}
-    curves: dict[str, Curves] = {}
-    for method in tqdm(methods, desc=f"{config.name} faithfulness and sanity", unit="method"):
-        sanity[method] = s = cascading_randomisation(model, inputs, layer, method=method, seed=seed)
-        curves[method] = deletion_insertion(model, inputs, s.original, s.targets, steps=steps, batch_size=batch_size)
-    targets = sanity[methods[0]].targets  # the predictions: the same for every method
-    baseline = deletion_insertion(
-        model, inputs, random_maps(len(sample), side, side, seed), targets, steps=steps, batch_size=batch_size
+    targets = found[methods[0]].targets  # the predictions: the same for every method
+    sanity = cascading_randomisations(
+        model,
+        inputs,
+        layer,
+        methods,
+        seed=seed,
+        trained=found,
+        batch_size=batch_size,
     )
+    curves: dict[str, Curves] = {}
+    roads: dict[str, Road] = {}
+    for method in tqdm(methods, desc=f"{config.name} faithfulness and ROAD", unit="method"):
+        maps = found[method].maps[layer]
+        curves[method] = deletion_insertion(model, inputs, maps, targets, steps=steps, batch_size=batch_size)
+        roads[method] = road(model, inputs, maps, targets, seed=seed, batch_size=batch_size)
+    noise = random_maps(len(sample), side, side, seed)
+    baseline = deletion_insertion(model, inputs, noise, targets, steps=steps, batch_size=batch_size)
+    random_road = road(model, inputs, noise, targets, seed=seed, batch_size=batch_size)
     examples = list(range(min(EXAMPLES, len(sample))))
     for method in methods:
-        s, c = sanity[method], curves[method]
+        s, c, r = sanity[method], curves[method], roads[method]
         report["methods"][method] = {
             "localisation": _localisation_report(scores, method, layers) if has_masks else None,
             "localisation_skipped": skipped,
             "faithfulness": _faithfulness_report(c, s.undefined, baseline, steps),
+            "road": _road_report(r, s.undefined, random_road),
             "sanity": _sanity_report(s),
         }
         arrays |= {
@@ -307,6 +379,8 @@ def compute_explanations(
             f"undefined_{method}": s.undefined.numpy(),
             f"deletion_{method}": c.deletion.numpy(),
             f"insertion_{method}": c.insertion.numpy(),
+            f"road_morf_{method}": r.morf.numpy(),
+            f"road_lerf_{method}": r.lerf.numpy(),
             f"sanity_spearman_{method}": s.spearman.numpy(),
             f"sanity_ssim_{method}": s.ssim.numpy(),
             f"sanity_maps_{method}": s.maps[:, examples].numpy(),
@@ -316,8 +390,21 @@ def compute_explanations(
         "fractions": baseline.fractions.numpy(),
         "random_deletion": baseline.deletion.numpy(),
         "random_insertion": baseline.insertion.numpy(),
+        "road_fractions": random_road.fractions.numpy(),
+        "random_road_morf": random_road.morf.numpy(),
+        "random_road_lerf": random_road.lerf.numpy(),
         "sanity_steps": np.asarray(sanity[methods[0]].steps, dtype=str),
     }
+    maps_npz: dict[str, object] = {
+        "inputs": inputs.numpy().astype(np.float32),
+        "targets": targets.numpy(),
+        "layers": np.asarray(layers, dtype=str),
+        "methods": np.asarray(methods, dtype=str),
+    }
+    for method in methods:
+        for name in layers:
+            maps_npz[f"cam_{method}_{name}"] = found[method].maps[name].numpy()
+            maps_npz[f"flags_{method}_{name}"] = found[method].flags[name].numpy()
 
     names = [f"test image {sample[e]}\n{source.classes[source.labels[sample[e]]]}" for e in examples]
-    return Explanations(config, report, arrays, inputs[examples], names, curves, sanity, baseline)
+    return Explanations(config, report, arrays, inputs[examples], names, curves, sanity, baseline, maps_npz)

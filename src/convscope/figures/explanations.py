@@ -3,7 +3,7 @@ the destruction of the weights? The numbers come from :mod:`convscope.explanatio
 
 ``render_explanations`` writes ``results/{model}/explanations.json`` (its shape is in ``convscope.explanations``)
 and, into ``out_dir``, ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png``,
-``sanity_maps.png`` and ``explanations.npz``.
+``sanity_maps.png``, ``explanations.npz`` and ``maps.npz``.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def render_explanations(
 
     Returns:
         Paths of the JSON, ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png``,
-        ``sanity_maps.png`` and ``explanations.npz``.
+        ``sanity_maps.png``, ``explanations.npz`` and ``maps.npz``.
     """
     drawing.check_heatmap_options("gradcam", cmap, alpha)
     found = compute_explanations(checkpoint_path, index_path, **settings)
@@ -240,4 +240,5 @@ def render_explanations(
     maps = _sanity_maps_figure(config, report, images, found.names, sanity, picked, cmap, alpha)
     paths.append(drawing.save_figure(maps, out_dir / "sanity_maps.png"))
     paths.append(drawing.save_arrays(out_dir / "explanations.npz", **found.arrays))
+    paths.append(drawing.save_arrays(out_dir / "maps.npz", **found.maps))
     return paths

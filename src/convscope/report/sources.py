@@ -407,12 +407,15 @@ def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
     rows = []
     for name, method in zip(names, methods):
         faith, sanity = report["methods"][method]["faithfulness"], report["methods"][method]["sanity"]
+        road = report["methods"][method]["road"]
         verdict = {True: "passes", False: "**fails**", None: "–"}[sanity["passes"]]
         rows.append(
             [
                 name,
                 score(faith["deletion_auc"]),
                 score(faith["insertion_auc"]),
+                score(road["morf"]),
+                score(road["lerf"]),
                 score(sanity["spearman"][-1]),
                 score(sanity["ssim"][-1]),
                 verdict,
@@ -420,7 +423,16 @@ def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
         )
     faith = first["faithfulness"]
     rows.append(
-        ["*random map*", score(faith["random_deletion_auc"]), score(faith["random_insertion_auc"]), "–", "–", "–"]
+        [
+            "*random map*",
+            score(faith["random_deletion_auc"]),
+            score(faith["random_insertion_auc"]),
+            score(first["road"]["random_morf"]),
+            score(first["road"]["random_lerf"]),
+            "–",
+            "–",
+            "–",
+        ]
     )
     # A model that already recognises the blurred image leaves insertion nothing to tell apart.
     saturated = faith["random_insertion_auc"] is not None and faith["random_insertion_auc"] >= SATURATED_INSERTION
