@@ -6,9 +6,13 @@ one warm-up round; the metrics take turns within a round) and the ratio to a no-
 image in the same round. The maps are computed once, outside the timed metrics, except where a metric makes its
 own (the sanity check recomputes the maps after each randomisation step).
 
-Rows: the maps themselves (Grad-CAM at the four ResNet stages, one call); the pointing game (mask dilation
-included) and the energy share over those four layers; deletion and insertion of the deepest layer's maps
-(``--steps`` steps); the cascading-randomisation sanity check (one method, one layer, 7 stages).
+Rows: the maps themselves (Grad-CAM at the four ResNet stages, one call; every gradient method and EigenCAM at
+the four stages, one call); the pointing game (mask dilation included) and the energy share over those four
+layers; deletion and insertion of the deepest layer's maps (``--steps`` steps); ROAD (MoRF and LeRF at 9
+fractions, imputation included); the cascading-randomisation sanity check (one method, one layer, 7 stages).
+
+A second table times each CAM method alone at layer4, convscope beside pytorch-grad-cam on the same batch
+(Score-CAM and Ablation-CAM, one forward per image and channel, on 2 images of resnet18 only).
 
 Usage: python benchmarks/bench_explain.py [--threads 2] [--repeats 3] [--steps 16] [--models resnet18 resnet50]
 """
@@ -21,14 +25,29 @@ import time
 import warnings
 from collections.abc import Callable
 
+import pytorch_grad_cam as pgc
 import torch
 import torchvision
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from convscope import explain
-from convscope.cam import grad_cam
+from convscope.cam import GRADIENT_METHODS, METHOD_NAMES, METHODS, cams, grad_cam
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 RUNS = {"resnet18": (72, 32), "resnet50": (224, 4)}  # arch: (input side, batch)
+REFERENCE = {
+    "gradcam": pgc.GradCAM,
+    "gradcam++": pgc.GradCAMPlusPlus,
+    "xgradcam": pgc.XGradCAM,
+    "hirescam": pgc.HiResCAM,
+    "gradcam-elementwise": pgc.GradCAMElementWise,
+    "layercam": pgc.LayerCAM,
+    "eigengradcam": pgc.EigenGradCAM,
+    "eigencam": pgc.EigenCAM,
+    "scorecam": pgc.ScoreCAM,
+    "ablationcam": pgc.AblationCAM,
+}
+PERTURBATION_BATCH = 2  # images for Score-CAM and Ablation-CAM (512 forwards each at layer4)
 
 
 def timed_rounds(
@@ -71,6 +90,7 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
     candidates = {
         "forward": forward,
         "maps": lambda: grad_cam(model, x, LAYERS),
+        "all_maps": lambda: cams(model, x, LAYERS, [*GRADIENT_METHODS, "eigencam"]),
         "pointing": lambda: [
             explain.pointing_game(cams.maps[layer], masks, flags=cams.flags[layer]) for layer in LAYERS
         ],
@@ -79,19 +99,66 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
         ],
         "deletion": lambda: curve(x, torch.zeros_like(x)),
         "insertion": lambda: curve(blurred, x),
+        "road": lambda: explain.road(model, x, deepest, targets),
         "sanity": lambda: explain.cascading_randomisation(model, x, LAYERS[-1], targets=targets),
     }
     seconds, ratios = timed_rounds(candidates, repeats)
     labels = {
         "forward": "no-grad forward (reference)",
         "maps": "Grad-CAM maps, 4 layers in one call",
+        "all_maps": "8 methods' maps (7 gradient + EigenCAM), 4 layers in one call",
         "pointing": "pointing game, 4 layers (with mask dilation)",
         "energy": "energy pointing game, 4 layers",
         "deletion": f"deletion curve, {steps} steps",
         "insertion": f"insertion curve, {steps} steps (blur excluded)",
+        "road": f"ROAD, MoRF and LeRF at {len(explain.ROAD_FRACTIONS)} fractions",
         "sanity": f"sanity check, 1 method, {len(explain.randomisable_stages(model))} stages",
     }
     return [(f"{arch} ({side} px, batch {batch})", labels[k], 1000 * seconds[k] / batch, ratios[k]) for k in candidates]
+
+
+def bench_methods(arch: str, side: int, batch: int, repeats: int) -> list[tuple[str, str, float, float, float, float]]:
+    """Rows (model, method, convscope ms/image, × forward, pytorch-grad-cam ms/image, × forward), each method alone
+    at layer4 on the same batch."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=10).eval()
+    rows = []
+    for method in METHODS:
+        perturbation = method in ("scorecam", "ablationcam")
+        if perturbation and arch != "resnet18":
+            continue
+        n = PERTURBATION_BATCH if perturbation else batch
+        x = torch.randn(n, 3, side, side)
+        targets = [ClassifierOutputTarget(int(t)) for t in model(x).argmax(1)]
+
+        def forward(x: torch.Tensor = x) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(x)
+
+        def theirs(method: str = method, x: torch.Tensor = x, targets: list = targets) -> object:
+            with REFERENCE[method](model, [model.layer4]) as cam:
+                cam.batch_size = 64
+                out = cam(x, targets)
+            model.zero_grad(set_to_none=True)
+            return out
+
+        candidates = {
+            "forward": forward,
+            "ours": lambda method=method, x=x: cams(model, x, ["layer4"], [method]),
+            "theirs": theirs,
+        }
+        seconds, ratios = timed_rounds(candidates, 1 if perturbation else repeats)
+        rows.append(
+            (
+                f"{arch} ({side} px, batch {n})",
+                METHOD_NAMES[method],
+                1000 * seconds["ours"] / n,
+                ratios["ours"],
+                1000 * seconds["theirs"] / n,
+                ratios["theirs"],
+            )
+        )
+    return rows
 
 
 def main() -> None:
@@ -116,6 +183,12 @@ def main() -> None:
         side, batch = RUNS[arch]
         for name, metric, ms, ratio in bench(arch, side, batch, args.steps, args.repeats):
             print(f"| {name} | {metric} | {ms:.2f} | {ratio:.2f} |", flush=True)
+    print("\n| model | method (layer4) | convscope ms / image | × forward | pytorch-grad-cam ms / image | × forward |")
+    print("|---|---|---:|---:|---:|---:|")
+    for arch in args.models:
+        side, batch = RUNS[arch]
+        for name, method, ms, ratio, theirs, their_ratio in bench_methods(arch, side, batch, args.repeats):
+            print(f"| {name} | {method} | {ms:.2f} | {ratio:.2f} | {theirs:.2f} | {their_ratio:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def test_unknown_layer_names_it(resnet18, images):
     with pytest.raises(UserError, match="must be a list of layer names"):
         grad_cam(resnet18, images, "layer4")
     with pytest.raises(UserError, match="unknown method"):
-        grad_cam(resnet18, images, ["layer4"], method="scorecam")
+        grad_cam(resnet18, images, ["layer4"], method="smoothcam")
 
 
 def test_recorder_is_safe_from_in_place_ops(resnet18, images):

@@ -21,6 +21,7 @@ from convscope.data import ArraySource
 from convscope.errors import UserError
 from convscope.evaluation import open_model_and_split
 from convscope.explain import (
+    ROAD_FRACTIONS,
     SANITY_THRESHOLD,
     cascading_randomisation,
     centre_maps,
@@ -319,7 +320,7 @@ def render(trained: dict, index_path, folder, **settings) -> tuple[list, dict]:
 
 def test_render_explanations_writes_the_documented_report(trained, tiny_index, tmp_path):
     paths, report = render(trained, tiny_index, tmp_path / "a")
-    assert sorted(p.name for p in paths) == sorted(["explanations.json", "explanations.npz", *FIGURES])
+    assert sorted(p.name for p in paths) == sorted(["explanations.json", "explanations.npz", "maps.npz", *FIGURES])
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert {
         k: report[k]
@@ -354,11 +355,19 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
     assert list(report["methods"]) == ["gradcam", "gradcam++", "layercam"]
     with np.load(tmp_path / "a" / "explanations.npz") as npz:
         arrays = {key: npz[key] for key in npz.files}
+    with np.load(tmp_path / "a" / "maps.npz") as npz:
+        maps = {key: npz[key] for key in npz.files}
+    assert maps["inputs"].dtype == np.float32 and maps["inputs"].shape == (5, 3, 32, 32)
+    assert maps["layers"].tolist() == ["layer2", "layer3"] and maps["methods"].tolist() == list(report["methods"])
+    assert maps["targets"].tolist() == arrays["sample_targets"].tolist()
+    assert {k for k in maps if k.startswith("cam_")} == {
+        f"cam_{m}_{layer}" for m in report["methods"] for layer in ("layer2", "layer3")
+    }
     correct = arrays["test_correct"]
     assert correct.shape == (40,) and arrays["fractions"].tolist() == [0, 0.25, 0.5, 0.75, 1]
     for method, entry in report["methods"].items():
         assert (
-            set(entry) == {"localisation", "localisation_skipped", "faithfulness", "sanity"}
+            set(entry) == {"localisation", "localisation_skipped", "faithfulness", "road", "sanity"}
             and entry["localisation_skipped"] is None
         )
         assert list(entry["localisation"]) == ["layer2", "layer3"]
@@ -399,6 +408,14 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
         assert faith["random_insertion_auc"] == pytest.approx(
             np.trapezoid(arrays["random_insertion"], arrays["fractions"]).mean(), abs=1e-4
         )
+        road = entry["road"]
+        assert road["fractions"] == pytest.approx(list(ROAD_FRACTIONS)) and road["n"] == faith["n"]
+        if road["n"]:
+            assert road["morf"] == pytest.approx(arrays[f"road_morf_{method}"][defined].mean(), abs=1e-4)
+            assert road["lerf"] == pytest.approx(arrays[f"road_lerf_{method}"][defined].mean(), abs=1e-4)
+        assert road["random_lerf"] == pytest.approx(arrays["random_road_lerf"].mean(), abs=1e-4)
+        # The sample's maps in maps.npz are the maps the metrics used.
+        np.testing.assert_array_equal(maps[f"cam_{method}_layer3"], arrays[f"cam_{method}"])
         sanity = entry["sanity"]
         assert (
             sanity["steps"]
@@ -420,7 +437,7 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
 def test_dataset_without_masks_skips_localisation(trained, tiny_index, tmp_path, monkeypatch):
     monkeypatch.setattr(ArraySource, "mask", lambda self, i: None)  # as CIFAR-10 and image folders
     paths, report = render(trained, tiny_index, tmp_path, methods=["layercam"], num_images=3, steps=2)
-    assert sorted(p.name for p in paths) == sorted(["explanations.json", "explanations.npz", *FIGURES])
+    assert sorted(p.name for p in paths) == sorted(["explanations.json", "explanations.npz", "maps.npz", *FIGURES])
     entry = report["methods"]["layercam"]
     assert (
         entry["localisation"] is None
@@ -436,8 +453,8 @@ def test_dataset_without_masks_skips_localisation(trained, tiny_index, tmp_path,
     ("settings", "named"),
     [
         ({"methods": "gradcam"}, "'gradcam'"),
-        ({"methods": ["gradcam", "scorecam"]}, "'scorecam'"),
-        ({"methods": []}, "gradcam, gradcam++, layercam"),
+        ({"methods": ["gradcam", "smoothcam"]}, "'smoothcam'"),
+        ({"methods": []}, "gradcam, gradcam++, xgradcam"),
         ({"methods": ["layercam", "layercam"]}, "twice"),
         ({"layers": ["layer2", "layer9"]}, "'layer9'"),
         ({"layers": "layer3"}, "'layer3'"),
