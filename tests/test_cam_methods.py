@@ -85,7 +85,7 @@ def reference(model: nn.Module, x: torch.Tensor, layer: str, targets: torch.Tens
         # One forward per image and channel: the shallower layers keep these to ~800 forwards of 64 px images.
         ("resnet18", 64, ["layer2", "layer3"], ["scorecam", "ablationcam"]),
         ("resnet50", 64, ["layer3", "layer4"], CHEAP),
-        ("inception_v3", 75, ["Mixed_6e", "Mixed_7c"], CHEAP),
+        ("inception_v3", 75, ["Mixed_5d", "Mixed_6e"], CHEAP),  # Mixed_7c is 1×1 at 75 px
     ],
 )
 def test_every_method_equals_pytorch_grad_cam(arch, size, layers, methods):
@@ -97,7 +97,10 @@ def test_every_method_equals_pytorch_grad_cam(arch, size, layers, methods):
         for layer in layers:
             expected = reference(model, x, layer, found[method].targets, method)
             torch.testing.assert_close(found[method].maps[layer], expected, atol=TOL, rtol=0, msg=f"{method} {layer}")
-            assert found[method].maps[layer].shape == (2, size, size) and not found[method].flags[layer].all()
+            assert found[method].maps[layer].shape == (2, size, size)
+    # Random weights leave a few maps blank (flagged, all zero on both sides); most must hold something to compare.
+    flagged = sum(result.flag_count() for result in found.values())
+    assert flagged <= 0.25 * 2 * len(layers) * len(methods)
 
 
 def test_one_forward_and_one_backward_serve_every_gradient_method(monkeypatch):
@@ -113,9 +116,9 @@ def test_one_forward_and_one_backward_serve_every_gradient_method(monkeypatch):
         alone = grad_cam(model, x, ["layer2", "layer4"], method=method)
         for layer in ("layer2", "layer4"):
             torch.testing.assert_close(result.maps[layer], alone.maps[layer], atol=1e-6, rtol=0)
-    forwards.clear()
+    forwards.clear(), backwards.clear()
     cams(model, x, ["layer4"], ["eigencam"])
-    assert len(forwards) == 1 and len(backwards) == 1  # EigenCAM alone needs no backward
+    assert len(forwards) == 1 and not backwards  # EigenCAM alone needs no backward
     forwards.clear()
     cams(model, x, ["layer4"], ["scorecam"], batch_size=300)  # 2 images × 512 channels, at most 300 at a time
     assert len(forwards) == 1 + 4
