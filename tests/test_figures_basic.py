@@ -290,12 +290,13 @@ def test_titles_wider_than_the_figure_are_wrapped_inside_it(tmp_path):
     ax.set_ylabel("density")  # moves the axes, and the title centred on it, to the right
     titles = {
         ax.set_title("second (mobilenet_v3_small): where the predicted class's Grad-CAM lies (features.12)"): 0,
-        fig.suptitle("tiny (resnet18): " + "a long figure title " * 5): 0,
+        fig.suptitle("tiny (resnet18): " + " ".join(["a long figure title"] * 5)): 0,
     }
     fig.draw_without_rendering()
     assert all(text.get_window_extent().x1 > fig.bbox.width for text in titles)  # they did stick out
     titles = {text: text.get_text() for text in titles}
     save_figure(fig, tmp_path / "titles.png")
+    fig.draw_without_rendering()  # measured at the figure's own dpi again (savefig drew at 150)
     for text, before in titles.items():
         extent = text.get_window_extent()
         assert 0 <= extent.x0 and extent.x1 <= fig.bbox.width, text.get_text()
