@@ -278,3 +278,27 @@ def test_training_figures_with_many_classes(checkpoints, tmp_path):
     assert_pngs(files)
     np.testing.assert_allclose(np.load(tmp_path / "figs" / "confusion_matrix.npz")["normalised"].sum(axis=1), 1.0)
     assert len(read_csv(tmp_path / "figs" / "per_class_accuracy.csv")) == 257
+
+
+def test_titles_wider_than_the_figure_are_wrapped_inside_it(tmp_path):
+    from matplotlib.figure import Figure
+
+    from convscope.figures.drawing import save_figure
+
+    fig = Figure(figsize=(5, 3), layout="constrained")
+    ax = fig.subplots()
+    ax.set_ylabel("density")  # moves the axes, and the title centred on it, to the right
+    titles = {
+        ax.set_title("second (mobilenet_v3_small): where the predicted class's Grad-CAM lies (features.12)"): 0,
+        fig.suptitle("tiny (resnet18): " + " ".join(["a long figure title"] * 5)): 0,
+    }
+    fig.draw_without_rendering()
+    assert all(text.get_window_extent().x1 > fig.bbox.width for text in titles)  # they did stick out
+    titles = {text: text.get_text() for text in titles}
+    save_figure(fig, tmp_path / "titles.png")
+    fig.draw_without_rendering()  # measured at the figure's own dpi again (savefig drew at 150)
+    for text, before in titles.items():
+        extent = text.get_window_extent()
+        assert 0 <= extent.x0 and extent.x1 <= fig.bbox.width, text.get_text()
+        assert "\n" in text.get_text() and text.get_text().replace("\n", " ") == before  # wrapped at spaces
+    assert "mobilenet_v3_small" in ax.title.get_text() and "Grad-CAM" in ax.title.get_text()

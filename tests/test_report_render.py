@@ -22,7 +22,7 @@ pytest.importorskip("pypandoc")
 typst = pytest.importorskip("typst")
 from PIL import Image  # noqa: E402
 
-from convscope.report.render import ReportError, check, render_report  # noqa: E402
+from convscope.report.render import RESOURCES, ReportError, check, render_report  # noqa: E402
 from convscope.report.sources import md as escape_markdown  # noqa: E402
 
 SPECIAL = "a*b_c#d$e@f<g|h"
@@ -379,3 +379,19 @@ def test_quarto_branch_commands(tmp_path, monkeypatch):
     with pytest.raises(ReportError, match="output-dir: _output"):
         render_report(project)
     assert len(log.read_text().splitlines()) == 2  # both refused before quarto ran
+
+
+def test_long_table_names_break_between_their_parts(tmp_path):
+    """Typst breaks a long run in a table cell after _ / . : -, and inside a part only when the part is long."""
+    names = ["(mobilenet_v3_small)", "features.12.block", "0123456789abcdef0123"]
+    doc = tmp_path / "breaks.typ"
+    doc.write_text(
+        f'#import "{RESOURCES / "typst-header.typ"}": convscope-breakable\n'
+        + "".join(f'#metadata(convscope-breakable((text: "{name}")))<out>\n' for name in names)
+    )
+    broken = json.loads(typst.query(str(doc), "<out>", field="value", root="/"))
+    assert [text.split("\u200b") for text in broken] == [
+        ["(mobilenet_", "v3_", "small)"],
+        ["features.", "12.", "block"],
+        list("0123456789abcdef0123"),
+    ]

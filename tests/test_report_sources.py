@@ -80,3 +80,14 @@ def test_wide_table_columns_are_as_wide_as_their_longest_word():
     # pandoc sizes a wide table's columns by these dashes: no header word may get fewer than it has letters
     assert all(d >= len(word) for d, word in zip(dashes, header)), dashes
     assert dashes[0] == max(dashes)
+
+
+def test_cam_share_in_the_object_says_plainly_when_it_is_not_defined(tmp_path):
+    env = templates(REPO / "report/templates", FigureCopier(tmp_path, "_generated"))
+    cam_share = env.get_template("models.qmd.j2").make_module({"models": []}).cam_share
+    defined = cam_share("misclassified", 0.412, 0.135)
+    blank, empty = cam_share("correctly classified", None, 0.08), cam_share("correctly classified", None, None)
+    assert defined == "41.2% for misclassified images, whose objects cover 13.5% of the image"
+    assert blank.startswith("not defined for correctly classified images, as every one of their maps was blank")
+    assert empty == "not defined for correctly classified images, as there were none"
+    assert not any("–" in text for text in (defined, blank, empty))
