@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,36 @@ def test_cam_share_in_the_object_says_plainly_when_it_is_not_defined(tmp_path):
     assert blank.startswith("not defined for correctly classified images, as every one of their maps was blank")
     assert empty == "not defined for correctly classified images, as there were none"
     assert not any("–" in text for text in (defined, blank, empty))
+
+
+def test_a_registered_family_without_a_block_gets_its_title_and_every_figure(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from convscope.figures import FAMILIES, Family
+    from convscope.report import sources
+
+    monkeypatch.setitem(FAMILIES, "saliency", Family("saliency", "saliency", "Saliency_maps", (), lambda f, m: {}))
+    folder = tmp_path / "figures/tiny/saliency"
+    folder.mkdir(parents=True)
+    for name in ("maps_10", "maps_2"):
+        Image.new("RGB", (40, 20)).save(folder / f"{name}.png")
+    (folder / "maps.npz").write_bytes(b"")  # not a figure
+    model = sources.ModelArtifacts("tiny", {"config": {"arch": "resnet18"}}, "", 0, {}, folder.parent, {})
+    env = templates(REPO / "report/templates", FigureCopier(tmp_path / "out", "_generated"))
+
+    sections = sources.other_families(model)
+    assert [s["title"] for s in sections] == [r"Saliency\_maps"]  # the hand-written families are not repeated
+    text = env.get_template("family.qmd.j2").render(family=sections[0], m=model, s=model.slug)
+
+    assert text.startswith("### Saliency\\_maps\n")
+    assert r"@fig-tiny-saliency-0, @fig-tiny-saliency-1 show the Saliency\_maps figures of tiny \(resnet18\)." in text
+    figures = re.findall(r"!\[(.*)\]\((.*)\)\{#(\S+) ", text)
+    assert figures == [
+        (
+            rf"Saliency\_maps of tiny \(resnet18\): maps {n}",
+            f"_generated/figures/tiny/saliency/maps_{n}.png",
+            f"fig-tiny-saliency-{i}",
+        )
+        for i, n in enumerate((2, 10))
+    ]
+    assert sorted(p.name for p in (tmp_path / "out/figures/tiny/saliency").iterdir()) == ["maps_10.png", "maps_2.png"]

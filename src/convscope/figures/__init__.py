@@ -3,7 +3,8 @@
 A family is a module ``convscope.figures.<module>`` with ``render(inputs, out_dir, settings) -> list[Path]``:
 ``inputs`` maps what it reads (``checkpoint``, ``index``, and ``metrics`` or ``predictions`` where its entry
 says so) to paths, ``settings`` is its slice of the config for one model. The workflow's figure rule, each
-job's inputs, settings and code dependencies, and the report's list of figure folders all follow from the
+job's inputs, settings and code dependencies, the report's list of figure folders and the family's report
+section (``report/templates/family.qmd.j2`` until ``models.qmd.j2`` has a block for it) all follow from the
 entry. This module imports no plotting or torch code: the workflow reads it when it starts.
 """
 

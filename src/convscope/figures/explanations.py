@@ -32,6 +32,16 @@ def _note_figure(config: ModelConfig, text: str) -> Figure:
     return fig
 
 
+def _titled(fig: Figure, config: ModelConfig, report: dict, question: str, detail: str = "") -> Figure:
+    """A curves figure's title: the model, what it asks of the maps, and the test images it averages over."""
+    fig.suptitle(
+        f"{drawing.model_label(config)}: do the {report['layer']} maps {question}? "
+        f"{report['num_images']} test images{detail}",
+        fontsize=10,
+    )
+    return fig
+
+
 def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) -> Figure:
     layers = report["layers"]
     fig = Figure(figsize=(max(7.0, 1.6 + 0.45 * len(layers) * (len(methods) + 1)), 6.0), layout="constrained")
@@ -110,12 +120,7 @@ def _curves_figure(
         ax.set_title(f"{kind}: {better}", fontsize=9)
         ax.tick_params(labelsize=drawing.SMALL)
         ax.legend(fontsize=drawing.SMALL)
-    fig.suptitle(
-        f"{drawing.model_label(config)}: do the {report['layer']} maps find what the score needs? "
-        f"{report['num_images']} test images, {report['steps']} steps",
-        fontsize=10,
-    )
-    return fig
+    return _titled(fig, config, report, "find what the score needs", f", {report['steps']} steps")
 
 
 def _sanity_curves_figure(config: ModelConfig, report: dict, sanity: dict[str, Sanity]) -> Figure:
@@ -152,12 +157,7 @@ def _sanity_curves_figure(config: ModelConfig, report: dict, sanity: dict[str, S
         ax.set_ylim(top=1.05)
         ax.tick_params(axis="y", labelsize=drawing.SMALL)
         ax.legend(fontsize=drawing.SMALL)
-    fig.suptitle(
-        f"{drawing.model_label(config)}: do the {report['layer']} maps change as the weights are destroyed? "
-        f"{report['num_images']} test images",
-        fontsize=10,
-    )
-    return fig
+    return _titled(fig, config, report, "change as the weights are destroyed")
 
 
 def _sanity_maps_figure(

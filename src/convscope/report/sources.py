@@ -34,6 +34,7 @@ from convscope import paths
 from convscope.cam import METHOD_NAMES
 from convscope.contracts import Checkpoint, Explanations, Failures, Metrics
 from convscope.errors import ReportError
+from convscope.figures import FAMILIES, Family
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
 # figures get a width that keeps their height inside that.
@@ -57,6 +58,8 @@ MAX_LISTED_CLASSES = 30
 MAX_INLINE_SKIPPED = 5  # skipped files named in the dataset section; more go to the appendix
 GENERATED = ("comparison.qmd", "dataset.qmd", "models.qmd", "appendix.qmd")  # each from templates/<name>.j2
 SATURATED_INSERTION = 0.9  # random-map insertion AUC above which the insertion metric says nothing
+# Families with a block of their own in templates/models.qmd.j2; any other family gets templates/family.qmd.j2.
+HAND_WRITTEN = frozenset({"architecture", "filters", "feature_maps", "training", "gradcam", "failures"})
 
 
 MD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
@@ -98,8 +101,8 @@ class ModelArtifacts:
 
     @property
     def slug(self) -> str:
-        """The model name as it appears in figure and table ids (Quarto ids: letters, digits and dashes)."""
-        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        """The model name as it appears in figure and table ids."""
+        return slug(self.name)
 
     @property
     def label(self) -> str:
@@ -109,6 +112,11 @@ class ModelArtifacts:
     @property
     def train_seconds(self) -> float:
         return sum(epoch["seconds"] for epoch in self.checkpoint["history"])
+
+
+def slug(name: str) -> str:
+    """A name as it may appear in figure and table ids (Quarto ids: letters, digits and dashes)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def sha256(path: str | Path) -> str:
@@ -440,6 +448,25 @@ def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
     return out
 
 
+def family_data(m: ModelArtifacts, family: Family) -> dict[str, Any]:
+    """A family's section without a hand-written block: its title and every PNG of its folder, in name order
+    (numbers counted as numbers), each captioned with its file name."""
+    figures = sorted(
+        (m.figures / family.name).glob("*.png"),
+        key=lambda p: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", p.stem)],
+    )
+    return {
+        "title": md(family.title),
+        "slug": slug(family.name),
+        "figures": [{"path": p.relative_to(m.figures), "caption": md(p.stem.replace("_", " "))} for p in figures],
+    }
+
+
+def other_families(m: ModelArtifacts) -> list[dict[str, Any]]:
+    """The generic sections of the registered families that ``models.qmd.j2`` has no block for, in registry order."""
+    return [family_data(m, family) for name, family in FAMILIES.items() if name not in HAND_WRITTEN]
+
+
 def model_data(m: ModelArtifacts) -> dict[str, Any]:
     """Everything one model's section shows, per family."""
     return {
@@ -451,6 +478,7 @@ def model_data(m: ModelArtifacts) -> dict[str, Any]:
         "feature_maps": feature_maps_data(m),
         "failures": failures_data(m),
         "explanations": explanations_data(m),
+        "other_families": other_families(m),
     }
 
 
