@@ -313,7 +313,7 @@ def test_cascading_randomisation_destroys_the_maps_of_a_trained_model(trained, t
 
 
 def render(trained: dict, index_path, folder, **settings) -> tuple[list, dict]:
-    options = {"layers": ["layer2", "layer3"], "num_images": 5, "steps": 4} | settings
+    options = {"layers": ["layer2", "layer3"], "num_images": 5, "road_images": 3, "steps": 4} | settings
     paths = render_explanations(trained["checkpoint"], index_path, folder, folder / "explanations.json", **options)
     return paths, json.loads((folder / "explanations.json").read_text())
 
@@ -409,10 +409,12 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
             np.trapezoid(arrays["random_insertion"], arrays["fractions"]).mean(), abs=1e-4
         )
         road = entry["road"]
-        assert road["fractions"] == pytest.approx(list(ROAD_FRACTIONS)) and road["n"] == faith["n"]
+        # ROAD measures the sample's first road_images images only.
+        assert arrays[f"road_morf_{method}"].shape == (3, len(ROAD_FRACTIONS))
+        assert road["fractions"] == pytest.approx(list(ROAD_FRACTIONS)) and road["n"] == int(defined[:3].sum())
         if road["n"]:
-            assert road["morf"] == pytest.approx(arrays[f"road_morf_{method}"][defined].mean(), abs=1e-4)
-            assert road["lerf"] == pytest.approx(arrays[f"road_lerf_{method}"][defined].mean(), abs=1e-4)
+            assert road["morf"] == pytest.approx(arrays[f"road_morf_{method}"][defined[:3]].mean(), abs=1e-4)
+            assert road["lerf"] == pytest.approx(arrays[f"road_lerf_{method}"][defined[:3]].mean(), abs=1e-4)
         assert road["random_lerf"] == pytest.approx(arrays["random_road_lerf"].mean(), abs=1e-4)
         # The sample's maps in maps.npz are the maps the metrics used.
         np.testing.assert_array_equal(maps[f"cam_{method}_layer3"], arrays[f"cam_{method}"])

@@ -204,6 +204,7 @@ class ExplanationsConfig(Frozen):
     methods: tuple[str, ...]
     layers: dict[str, tuple[str, ...]]
     num_images: int
+    road_images: int
     steps: int
     seed: int
 

@@ -20,7 +20,8 @@ The JSON (``schema_version`` 1; floats rounded to 4 decimals, null where undefin
         "localisation_skipped": str | null,   # why localisation is null (the dataset has no object masks)
         "faithfulness": {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc": float,
                          "n": int, "flagged": int, "steps": int},
-        "road": {"morf", "lerf", "random_morf", "random_lerf": float,   # mean target probability over the fractions
+        "road": {"morf", "lerf", "random_morf", "random_lerf": float,   # mean target probability over the fractions,
+                                                                         # on the sample's first road_images images
                  "fractions": [float], "noise": float, "n": int, "flagged": int},
         "sanity": {"steps": [stage randomised at each step, head first, cumulative],
                    "spearman": [mean per step], "ssim": [mean per step], "n": int, "flagged": int,
@@ -39,7 +40,7 @@ maps from those calls serve faithfulness, ROAD and the sanity check's trained st
 ``explanations.npz`` holds ``layers``, ``sample_indices``, ``sample_labels``, ``sample_targets``, ``fractions``
 (S+1), ``random_deletion``/``random_insertion`` (N×(S+1)), ``sanity_steps``; per method ``cam_<m>`` (N×H×W maps
 at the deepest layer), ``undefined_<m>``, ``deletion_<m>``/``insertion_<m>``, ``sanity_spearman_<m>``/
-``sanity_ssim_<m>`` (S×N), ``road_morf_<m>``/``road_lerf_<m>`` (N×F) beside ``road_fractions`` and
+``sanity_ssim_<m>`` (S×N), ``road_morf_<m>``/``road_lerf_<m>`` (R×F, R = min(road_images, N)) beside ``road_fractions`` and
 ``random_road_morf``/``random_road_lerf``, and ``sanity_maps_<m>`` (S×E×H×W for the E example images of
 ``sanity_maps.png``);
 with masks, per test image, ``test_correct``, ``pointing_<m>_<layer>``/``energy_<m>_<layer>`` (NaN for undefined
@@ -277,6 +278,7 @@ def compute_explanations(
     methods: Sequence[str] = ("gradcam", "gradcam++", "layercam"),
     layers: Sequence[str] | None = None,
     num_images: int = 30,
+    road_images: int = 10,
     steps: int = 16,
     seed: int = 0,
     batch_size: int = 64,
@@ -295,14 +297,20 @@ def compute_explanations(
         methods: CAM methods, from :data:`convscope.cam.METHODS`.
         layers: Module names, shallowest first; None uses :func:`~convscope.models.default_cam_layers`.
         num_images: Size of the faithfulness and sanity sample (capped at the test split's size).
+        road_images: How many of the sample's first images ROAD measures (its imputation is the costly part).
         steps: Deletion/insertion steps from 0 to every pixel.
         seed: Seed of the random baselines and the re-initialisation.
         batch_size: Images per forward pass.
     """
     methods = check_methods(methods)
-    num_images, steps, batch_size = (
+    num_images, road_images, steps, batch_size = (
         _positive_int(name, value)
-        for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size))
+        for name, value in (
+            ("num_images", num_images),
+            ("road_images", road_images),
+            ("steps", steps),
+            ("batch_size", batch_size),
+        )
     )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
@@ -357,13 +365,14 @@ def compute_explanations(
     )
     curves: dict[str, Curves] = {}
     roads: dict[str, Road] = {}
+    n_road = min(road_images, len(sample))  # sample_indices is round-robin over classes, so a prefix stays spread
     for method in tqdm(methods, desc=f"{config.name} faithfulness and ROAD", unit="method"):
         maps = found[method].maps[layer]
         curves[method] = deletion_insertion(model, inputs, maps, targets, steps=steps, batch_size=batch_size)
-        roads[method] = road(model, inputs, maps, targets, seed=seed, batch_size=batch_size)
+        roads[method] = road(model, inputs[:n_road], maps[:n_road], targets[:n_road], seed=seed, batch_size=batch_size)
     noise = random_maps(len(sample), side, side, seed)
     baseline = deletion_insertion(model, inputs, noise, targets, steps=steps, batch_size=batch_size)
-    random_road = road(model, inputs, noise, targets, seed=seed, batch_size=batch_size)
+    random_road = road(model, inputs[:n_road], noise[:n_road], targets[:n_road], seed=seed, batch_size=batch_size)
     examples = list(range(min(EXAMPLES, len(sample))))
     for method in methods:
         s, c, r = sanity[method], curves[method], roads[method]
@@ -371,7 +380,7 @@ def compute_explanations(
             "localisation": _localisation_report(scores, method, layers) if has_masks else None,
             "localisation_skipped": skipped,
             "faithfulness": _faithfulness_report(c, s.undefined, baseline, steps),
-            "road": _road_report(r, s.undefined, random_road),
+            "road": _road_report(r, s.undefined[:n_road], random_road),
             "sanity": _sanity_report(s),
         }
         arrays |= {
