@@ -5,6 +5,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import snakemake.io
+
 from convscope import codedeps, paths
 from convscope.config import load_config
 from convscope.errors import ConfigError
@@ -68,9 +70,10 @@ def every_output():
     depends on it.
     """
     outputs = []
-    for rule in workflow.rules:
-        for pattern in rule.output:
-            outputs += expand(pattern, model=CONFIG.model_names, family=FIGURE_FAMILIES)
+    for step in workflow.rules:
+        for pattern in step.output:
+            plain = snakemake.io.strip_wildcard_constraints(pattern)
+            outputs += expand(plain, model=CONFIG.model_names, family=FIGURE_FAMILIES)
     return list(dict.fromkeys(outputs))
 
 
