@@ -1,7 +1,22 @@
 # convscope: train, evaluate and explain CNN classifiers; see README.md.
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
+from convscope.config import read_yaml
+from convscope.errors import ConfigError
+
 min_version("9.0")
+
+# Snakemake's own reader reports a YAML error, an empty file or a list without the file or the line: read it first.
+# (A file given with --configfile is read by Snakemake's command line before this runs; convscope check-config
+# names the line.)
+if Path("config/config.yaml").exists():
+    try:
+        read_yaml("config/config.yaml")
+    except ConfigError as error:
+        sys.exit(f"convscope: error: {error}")
 
 
 configfile: "config/config.yaml"
@@ -30,7 +45,12 @@ localrules:
     render_report,
 
 
+# The model and device checks need torch (seconds to import), so they run once there is a job to run, before it.
+onstart:
+    check_with_torch()
+
+
 rule all:
     default_target: True
     input:
-        all_outputs(),
+        every_output(),

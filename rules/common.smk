@@ -5,6 +5,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import snakemake.io
+
 from convscope import codedeps, paths
 from convscope.config import load_config
 from convscope.errors import ConfigError
@@ -65,8 +67,30 @@ def gpus():
     return 1 if CONFIG.runtime.device == "cuda" else 0
 
 
-def all_outputs():
-    return [paths.REPORT_HTML, paths.REPORT_PDF]
+def every_output():
+    """Every file and folder the rules write, for every model and figure family: the default target's inputs.
+
+    Snakemake looks for missing outputs only among the target's inputs (and the inputs of jobs that run anyway):
+    a deleted figure folder whose report is up to date would stay missing. Named here, it is rebuilt, with what
+    depends on it.
+    """
+    outputs = []
+    for step in workflow.rules:
+        for pattern in step.output:
+            plain = snakemake.io.strip_wildcard_constraints(pattern)
+            outputs += expand(plain, model=CONFIG.model_names, family=FIGURE_FAMILIES)
+    return list(dict.fromkeys(outputs))
+
+
+def check_with_torch():
+    """The config checks that need torch (input sizes, device), before the first job; one line when one fails."""
+    from convscope import preflight
+
+    try:
+        # A cluster's submit host need not have the nodes' GPUs: there, the jobs check the device.
+        preflight.check(CONFIG, device=workflow.local_exec)
+    except ConfigError as error:
+        sys.exit(f"convscope: error: {error}")
 
 
 def figure_settings(wildcards):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ def run_cli(tmp_path: Path, config: dict | None, *args: str, capsys) -> tuple[in
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        status = main(["--config", str(config_path), *args])
+        status = main(["--config", config_path.name, *args])
     finally:
         os.chdir(cwd)
     err = capsys.readouterr().err.strip()
@@ -92,7 +94,34 @@ CASES = {
         with_model(preprocessing={"resize": 16}),
         "config models[0].preprocessing.resize = 16 is smaller than input_size 32; resize to at least input_size",
     ),
-    "not a mapping": ([1, 2], "config must be a mapping of keys to values, got list"),
+    "squeezenet too small": (
+        with_model(arch="squeezenet1_1", input_size=16),
+        "config models[0].input_size = 16 is too small for squeezenet1_1 (needs >= 17); raise input_size",
+    ),
+    "vit too small": (
+        with_model(arch="vit_b_16", input_size=48),
+        "config models[0].input_size = 48 is too small for vit_b_16 (needs >= 224); raise input_size",
+    ),
+    "vit built for one size": (
+        with_model(arch="vit_b_16", input_size=256),
+        "config models[0].input_size = 256 does not fit vit_b_16 (Wrong image height! Expected 224 but got 256!); "
+        "use 224",
+    ),
+    "weights in a folder": (
+        with_model(weights="."),
+        "config models[0].weights: '.' is a directory; give the path of the weights file inside it",
+    ),
+    "mapping for a list": ({"models": {"a": 1}}, "config models = {\"a\": 1}: {'a': 1} is not of type 'array'"),
+    "list for a mapping": (
+        {"figures": {"gradcam": {"layers": ["layer4"]}}},
+        "config figures.gradcam.layers = [\"layer4\"]: ['layer4'] is not of type 'object'; expected object",
+    ),
+    "empty list": ({"explanations": {"methods": []}}, "config explanations.methods = []: [] should be non-empty"),
+    "short list": (
+        with_model(preprocessing={"mean": [0.5, 0.5]}),
+        "config models[0].preprocessing.mean = [0.5, 0.5]: [0.5, 0.5] is too short; needs at least 3 item(s)",
+    ),
+    "not a mapping": ([1, 2], "config file 'config.yaml' holds a list at the top level; write a mapping of keys"),
 }
 
 
@@ -183,7 +212,10 @@ def test_class_count_mismatch_between_checkpoint_and_dataset(tmp_path, capsys):
 def test_invalid_yaml(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("models: [unclosed\n")
     status, err = run_cli(tmp_path, None, "check-config", capsys=capsys)
-    assert status == 1 and "is not valid YAML" in err
+    assert status == 1 and err == (
+        "convscope: error: config file 'config.yaml', line 2, column 1: not valid YAML "
+        "(expected ',' or ']', but got '<stream end>'); fix the syntax there"
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,3 +236,94 @@ def test_unsafe_dataset_name_and_layer_lists_of_unknown_models_are_refused(raw, 
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(raw)
+
+
+def test_the_computed_minimum_input_size_is_the_real_one():
+    from conftest import tiny_config
+
+    from convscope.models import build_model, min_input_size
+
+    config = tiny_config(arch="squeezenet1_1", input_size=224)
+    minimum = min_input_size(config)
+    model = build_model(config, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, minimum, minimum)).shape == (1, 3)
+        with pytest.raises(RuntimeError, match="Output size is too small"):
+            model(torch.zeros(1, 3, minimum - 1, minimum - 1))
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_device_torch_does_not_report_is_refused(tmp_path, capsys, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    status, err = run_cli(tmp_path, {**TINY, "runtime": {"device": device}}, "check-config", capsys=capsys)
+    assert status == 1
+    assert err == (
+        f"convscope: error: config runtime.device = '{device}', but torch finds no {device} device on this machine "
+        "(available: cpu); set runtime.device to auto or one of those"
+    )
+
+
+def test_a_single_class_dataset_is_refused_at_prepare_time(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "folder/cat").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(tmp_path / f"folder/cat/{i}.png")
+    config = {"dataset": {"kind": "imagefolder", "name": "pets", "root": str(tmp_path / "folder")}}
+    status, err = run_cli(tmp_path, config, "prepare-data", capsys=capsys)
+    assert status == 1
+    assert err.splitlines()[-1] == (  # after the progress bar of the indexing
+        f"convscope: error: dataset 'pets' under '{tmp_path / 'folder'}' has 1 class (cat); "
+        "a classifier needs at least 2: add a folder of images per class"
+    )
+    assert not (tmp_path / "data/pets/index.json").exists()
+
+
+def test_a_folder_given_as_weights_file_is_named_as_such(tmp_path):
+    from convscope.errors import WeightsError
+    from convscope.models import read_state_dict
+
+    message = f"weights path '{tmp_path}' is a directory; set models[].weights to the file inside it"
+    with pytest.raises(WeightsError, match=re.escape(message)):
+        read_state_dict(tmp_path)
+
+
+BAD_FILES = {
+    "syntax": (
+        "models:\n  - name: a\n\tarch: resnet18\n",
+        "config file 'config/config.yaml', line 3, column 1: not valid YAML "
+        "(found character '\\t' that cannot start any token); fix the syntax there",
+    ),
+    "empty": ("# nothing yet\n", "config file 'config/config.yaml' is empty; write the settings as YAML keys"),
+    "list": ("- resnet18\n", "config file 'config/config.yaml' holds a list at the top level; write a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_broken_config_file_is_named_with_its_line(tmp_path, capsys, case):
+    text, expected = BAD_FILES[case]
+    (tmp_path / "config.yaml").write_text(text)
+    status, err = run_cli(tmp_path, None, "check-config", capsys=capsys)
+    assert status == 1 and err.startswith(f"convscope: error: {expected}".replace("config/config.yaml", "config.yaml"))
+    assert len(err.splitlines()) == 1
+
+
+def test_snakemake_names_the_line_of_a_broken_config_file(tmp_path):
+    # The workflow reads its config file before Snakemake does: Snakemake's message names neither file nor line.
+    from conftest import REPO
+
+    errors = []
+    for text, _ in BAD_FILES.values():
+        (tmp_path / "config").mkdir(exist_ok=True)
+        (tmp_path / "config/config.yaml").write_text(text)
+        result = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "-d", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1
+        errors.append(result.stderr.strip().splitlines()[-1])
+    for error, (_, expected) in zip(errors, BAD_FILES.values()):
+        assert error.startswith(f"convscope: error: {expected}"), error

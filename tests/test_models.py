@@ -3,8 +3,8 @@ import torch
 import torchvision
 from conftest import tiny_config
 
-from convscope.config import CLASSIFICATION_ARCHS, min_input_size
-from convscope.models import WeightsError, build_model, head_keys, head_parameter_names
+from convscope.config import CLASSIFICATION_ARCHS
+from convscope.models import WeightsError, build_model, head_keys, head_parameter_names, min_input_size
 
 # One or two of each family the figures support; each at the smallest input it accepts.
 ARCHS = [

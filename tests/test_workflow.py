@@ -193,6 +193,30 @@ def test_invalid_config_fails_before_any_job(built, tmp_path):
     assert "rule " not in result.stdout
 
 
+def test_a_model_too_small_for_its_input_fails_before_any_job(built, tmp_path):
+    bad = write_yaml(tmp_path / "bad.yaml", {"models": [{"name": "x", "arch": "squeezenet1_1", "input_size": 16}]})
+    result = snakemake(built, "--configfile", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "convscope: error: config models[0].input_size = 16 is too small for squeezenet1_1 (needs >= 17); "
+        "raise input_size"
+    )
+    assert "rule " not in result.stdout + result.stderr and not (built / "results/x").exists()
+
+
+def test_a_deleted_output_is_rebuilt_with_what_depends_on_it(built, tmp_path):
+    deleted = {"figures/tiny/filters": ["figures tiny/filters"], "results/second/history.json": ["train second"]}
+    for path, jobs in deleted.items():
+        shutil.move(built / path, tmp_path / "kept")
+        try:
+            planned = planned_jobs(built)
+        finally:
+            shutil.move(tmp_path / "kept", built / path)
+        if path.endswith("history.json"):  # retraining reruns everything of that model
+            jobs = [*jobs, "evaluate second", "explain second", *(f"figures second/{f}" for f in FAMILIES)]
+        assert planned == sorted(["all", *jobs, *REPORT_JOBS]), path
+
+
 # --- code dependencies: computed from the imports (convscope.codedeps) -----------------------------------------
 
 LOG_KINDS = {

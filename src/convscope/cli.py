@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         config = read_config(args.config)
         index = paths.DATA_INDEX.format(dataset=config.dataset.folder_name)
         if args.step == "check-config":
+            from convscope import preflight
+
+            preflight.check(config)
             print(f"config {args.config} is valid; models: {', '.join(config.model_names)}")
         elif args.step == "prepare-data":
             from convscope.data import prepare

@@ -15,8 +15,6 @@ import yaml
 from convscope.errors import ConfigError
 
 IMAGENET_WEIGHTS = "imagenet"
-INCEPTION_MIN_SIZE = 75
-INCEPTION_AUX_MIN_SIZE = 299
 
 
 def schema() -> dict[str, Any]:
@@ -48,9 +46,14 @@ def _key(path: Any) -> str:
     return out or "<top level>"
 
 
+_LONGEST_VALUE = 80  # characters of a bad value quoted in a message; the rest is cut
+
+
 def _one_line(error: jsonschema.ValidationError) -> str:
     key = _key(error.absolute_path)
-    value = json.dumps(error.instance) if not isinstance(error.instance, (dict, list)) else None
+    value = json.dumps(error.instance, default=str)
+    if len(value) > _LONGEST_VALUE:
+        value = value[: _LONGEST_VALUE - 1] + "…"
     allowed = {
         "type": lambda: f"expected {error.validator_value}",
         "enum": lambda: f"allowed: {', '.join(map(str, error.validator_value))}",
@@ -60,6 +63,8 @@ def _one_line(error: jsonschema.ValidationError) -> str:
         "maximum": lambda: f"must be <= {error.validator_value}",
         "exclusiveMaximum": lambda: f"must be < {error.validator_value}",
         "pattern": lambda: f"must match {error.validator_value}",
+        "minItems": lambda: f"needs at least {error.validator_value} item(s)",
+        "maxItems": lambda: f"takes at most {error.validator_value} item(s)",
         "required": lambda: "add it",
     }.get(error.validator, lambda: error.schema.get("description", "see convscope/schema.yaml"))()
     if error.validator in ("additionalProperties", "required"):
@@ -328,13 +333,6 @@ CLASSIFICATION_ARCHS: tuple[str, ...] = (
 )
 
 
-def min_input_size(model: ModelConfig) -> int:
-    """The smallest input side the architecture accepts with these settings."""
-    if model.arch == "inception_v3":
-        return INCEPTION_AUX_MIN_SIZE if model.aux_logits else INCEPTION_MIN_SIZE
-    return 16
-
-
 def _check_model(index: int, model: ModelConfig) -> None:
     key = f"config models[{index}]"
     if model.arch not in CLASSIFICATION_ARCHS:
@@ -342,21 +340,15 @@ def _check_model(index: int, model: ModelConfig) -> None:
             f"{key}.arch = {model.arch!r} is not a torchvision classification "
             f"model; choose one of: {', '.join(CLASSIFICATION_ARCHS)}"
         )
-    if model.input_size < min_input_size(model):
-        fix = (
-            "set aux_logits: false (needs >= 75) or raise input_size"
-            if model.arch == "inception_v3" and model.aux_logits
-            else "raise input_size"
-        )
-        raise ConfigError(
-            f"{key}.input_size = {model.input_size} is too small for {model.arch} "
-            f"(needs >= {min_input_size(model)}); {fix}"
-        )
     resize = model.preprocessing.resize
     if resize is not None and resize < model.input_size:
         raise ConfigError(
             f"{key}.preprocessing.resize = {resize} is smaller than input_size "
             f"{model.input_size}; resize to at least input_size"
+        )
+    if model.weights not in (None, IMAGENET_WEIGHTS) and Path(model.weights).is_dir():
+        raise ConfigError(
+            f"{key}.weights: {model.weights!r} is a directory; give the path of the weights file inside it"
         )
     if model.weights not in (None, IMAGENET_WEIGHTS) and not Path(model.weights).is_file():
         raise ConfigError(
@@ -407,8 +399,13 @@ def load_config(raw: dict[str, Any]) -> Config:
     )
 
 
-def read_config(path: str | Path) -> Config:
-    """Reads a YAML configuration file and returns the validated configuration."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML configuration file into a dict, unvalidated.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML (naming the line and column), is empty, or holds
+            something other than a mapping at the top level.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -416,6 +413,28 @@ def read_config(path: str | Path) -> Config:
         )
     try:
         raw = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = error.problem or error.context or "syntax error"
+        raise ConfigError(
+            f"config file {str(path)!r}{where}: not valid YAML ({problem}); fix the syntax there"
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
-    return load_config(raw or {})
+    if raw is None:
+        raise ConfigError(
+            f"config file {str(path)!r} is empty; write the settings as YAML keys (dataset:, models:, …), "
+            "described in src/convscope/schema.yaml"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} holds a {type(raw).__name__} at the top level; "
+            "write a mapping of keys to values (dataset:, models:, …)"
+        )
+    return raw
+
+
+def read_config(path: str | Path) -> Config:
+    """Reads a YAML configuration file and returns the validated configuration."""
+    return load_config(read_yaml(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,79 @@ def head_keys(arch: str, **kwargs) -> frozenset[str]:
     return frozenset(key for key in small if small[key].shape != large[key].shape)
 
 
+@functools.cache
+def _meta_model(arch: str, kwargs: tuple[tuple[str, Any], ...]) -> nn.Module:
+    """The architecture in training mode on the meta device (shapes only: no memory, no compute)."""
+    try:
+        with torch.device("meta"):
+            return _construct(arch, 2, **dict(kwargs))
+    except NotImplementedError:  # a few builders (regnet) compute widths from tensor data
+        return _construct(arch, 2, **dict(kwargs)).to("meta")
+
+
+def _input_size_error(arch: str, kwargs: dict, size: int) -> str | None:
+    """None when a training batch of size×size images passes through the model, else the first line of the error."""
+    try:
+        # Two images: training never runs BatchNorm on a single one (the train step drops such a last batch).
+        with torch.no_grad():
+            _meta_model(arch, tuple(sorted(kwargs.items())))(torch.empty(2, 3, size, size, device="meta"))
+    except (RuntimeError, ValueError, AssertionError) as error:  # what shape checks raise
+        return str(error).splitlines()[0]
+    return None
+
+
+LARGEST_INPUT_SIZE = 1024  # the bound of the search for an architecture's smallest input
+
+
+@functools.cache
+def _min_input_size(arch: str, kwargs: tuple[tuple[str, Any], ...]) -> int | None:
+    # Bisection below the first size that runs. Every size above a CNN's minimum runs too; an architecture built
+    # for one size (ViT) runs only there, and torchvision's weights metadata names it, so it is tried first.
+    hints = sorted({weights.meta.get("min_size", (1,))[0] for weights in torchvision.models.get_model_weights(arch)})
+    runs = lambda size: _input_size_error(arch, dict(kwargs), size) is None  # noqa: E731
+    upper = next((size for size in (*hints, LARGEST_INPUT_SIZE) if runs(size)), None)
+    if upper is None:
+        return None
+    fails = 0
+    while upper - fails > 1:
+        middle = (fails + upper) // 2
+        fails, upper = (fails, middle) if runs(middle) else (middle, upper)
+    return upper
+
+
+def min_input_size(config: ModelConfig) -> int | None:
+    """The smallest input side the model runs at with these settings (None: none up to 1024), computed by
+    forward passes on the meta device."""
+    kwargs = _builder_kwargs(config, config.weights is not None)
+    return _min_input_size(config.arch, tuple(sorted(kwargs.items())))
+
+
+def check_input_size(config: ModelConfig, key: str) -> None:
+    """Raises a ConfigError naming ``key``, the input size and the smallest that fits, unless the model runs at it.
+
+    One forward pass on the meta device at ``config.input_size`` (a few milliseconds to a second); the minimum is
+    searched only when it fails.
+    """
+    kwargs = _builder_kwargs(config, config.weights is not None)
+    error = _input_size_error(config.arch, kwargs, config.input_size)
+    if error is None:
+        return
+    size, minimum = config.input_size, min_input_size(config)
+    if minimum is None:
+        raise ConfigError(
+            f"{key}.input_size = {size} does not fit {config.arch} ({error}), nor does any size up to "
+            f"{LARGEST_INPUT_SIZE}; choose another arch"
+        )
+    if size > minimum:
+        raise ConfigError(f"{key}.input_size = {size} does not fit {config.arch} ({error}); use {minimum}")
+    fix = "raise input_size"
+    if kwargs.get("aux_logits"):
+        without = min_input_size(dataclasses.replace(config, aux_logits=False))
+        if without is not None and without < minimum:
+            fix = f"set aux_logits: false (needs >= {without}) or raise input_size"
+    raise ConfigError(f"{key}.input_size = {size} is too small for {config.arch} (needs >= {minimum}); {fix}")
+
+
 def imagenet_weights_path(arch: str) -> Path:
     """Where torchvision's default ImageNet weights for ``arch`` live in the local torch hub cache."""
     weights = torchvision.models.get_model_weights(arch).DEFAULT
@@ -73,6 +147,8 @@ def resolve_weights_path(config: ModelConfig) -> Path | None:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Reads a state dict from a weights file: a plain state dict or a convscope checkpoint."""
+    if path.is_dir():
+        raise WeightsError(f"weights path {str(path)!r} is a directory; set models[].weights to the file inside it")
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} not found; put the file there or fix models[].weights")
     try:

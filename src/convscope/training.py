@@ -17,20 +17,32 @@ from tqdm import tqdm
 from convscope.config import ModelConfig, RuntimeConfig
 from convscope.contracts import Checkpoint
 from convscope.data import open_split
-from convscope.errors import TrainingError
+from convscope.errors import ConfigError, TrainingError
 from convscope.io import write_atomic, write_json_atomic
-from convscope.models import build_model, head_parameter_names, model_kwargs
+from convscope.models import build_model, check_input_size, head_parameter_names, model_kwargs
 from convscope.transforms import build_transform
 
 
+def available_devices() -> list[str]:
+    """The devices torch reports on this machine, in the order ``auto`` prefers them."""
+    found = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    return [name for name, available in found.items() if available]
+
+
 def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA, then MPS, then CPU for ``auto``; the named device otherwise."""
+    """CUDA, then MPS, then CPU for ``auto``; the named device otherwise.
+
+    Raises:
+        ConfigError: the named device is not on this machine.
+    """
+    available = available_devices()
     if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device(available[0])
+    if requested not in available:
+        raise ConfigError(
+            f"config runtime.device = {requested!r}, but torch finds no {requested} device on this machine "
+            f"(available: {', '.join(available)}); set runtime.device to auto or one of those"
+        )
     return torch.device(requested)
 
 
@@ -160,6 +172,7 @@ def train_model(
     checkpoint_path = Path(checkpoint_path)
     resume_path = checkpoint_path.with_name("resume.pt")
     run_device = pick_device(device)
+    check_input_size(config, f"config models[{config.name!r}]")
 
     train_set = open_split(index_path, "train", build_transform(config, train=True))
     val_set = open_split(index_path, "val", build_transform(config, train=False))

@@ -109,6 +109,12 @@ def prepare_dataset(config: DatasetConfig, out_dir: str | Path) -> DatasetIndex:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = _reader(config.kind).prepare(config, out_dir)
+    if len(index.classes) < 2:
+        where = f" under {config.root!r}" if config.root else ""
+        raise DatasetError(
+            f"dataset {config.folder_name!r}{where} has {len(index.classes)} class ({', '.join(index.classes)}); "
+            "a classifier needs at least 2: add a folder of images per class"
+        )
     write_json_atomic(out_dir / INDEX_FILE, asdict(index))
     return index
 
