@@ -4,6 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
+from convscope import cluster
 from convscope.config import read_yaml
 from convscope.errors import ConfigError
 
@@ -37,10 +38,12 @@ include: "rules/explain.smk"
 include: "rules/report.smk"
 
 
-# On a cluster these run on the submit host: they are short, read every model's artifacts, and one SLURM job
-# each would spend longer queued and polled than running.
+# On a cluster these run on the submit host: they are short (a figure family draws a few images on the CPU), and
+# one SLURM job each would spend longer queued and polled than running. Job groups would bundle the figure jobs
+# too, but a group asks SLURM for the sum of its jobs' CPUs and memory.
 localrules:
     all,
+    figures,
     report_sources,
     render_report,
 
@@ -48,6 +51,12 @@ localrules:
 # The model and device checks need torch (seconds to import), so they run once there is a job to run, before it.
 onstart:
     check_with_torch()
+
+
+# A job that SLURM killed at its time or memory limit: name the resource to raise (README, "On a cluster").
+onerror:
+    for line in cluster.killed_jobs(log):
+        print(line, file=sys.stderr)
 
 
 rule all:

@@ -4,6 +4,8 @@
 #   scripts/local-slurm.sh stop    stop the daemons (the packages and config stay)
 # Runs as root (or with sudo). The node gets the machine's real CPUs and memory (`slurmd -C`).
 # No accounting database: the plugin is told to poll with `squeue` (profiles/slurm/config.yaml).
+# Limits are enforced as on a real cluster: time by slurmctld, memory (--mem) by polling each job every second
+# (jobacct_gather, no cgroups needed); a job over its memory is killed and its SLURM log says so.
 set -euo pipefail
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 CONF=/etc/slurm/slurm.conf
@@ -45,7 +47,9 @@ StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherParams=OverMemoryKill
+JobAcctGatherFrequency=task=1
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 $node State=UNKNOWN

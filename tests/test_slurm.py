@@ -13,7 +13,7 @@ from conftest import REPO, TINY, write_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 # The one-node cluster may have fewer CPUs than the rules ask for; a job asking more than a node has never starts.
-CPUS = ["--set-threads", "train=2", "evaluate=2", "explain=2", "figures=2"]
+CPUS = ["--set-threads", "train=2", "evaluate=2", "explain=2"]
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -45,22 +45,51 @@ def cluster() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_build_on_slurm_matches_local_build(cluster, tmp_path):
-    on_slurm = workdir(tmp_path / "slurm")
-    result = snakemake(
-        on_slurm,
+@pytest.fixture(scope="module")
+def on_slurm(cluster, tmp_path_factory) -> tuple[Path, str, str]:
+    """The tiny build through the profile, first with evaluate's memory too small (SLURM kills it), then as is."""
+    root = workdir(tmp_path_factory.mktemp("slurm"))
+    profile = [
         "--workflow-profile",
         str(REPO / "profiles/slurm"),
         *CPUS,
         "--slurm-init-seconds-before-status-checks",
         "5",
+    ]
+    killed = snakemake(root, *profile, "--set-resources", "evaluate:mem_mb=100")
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    rerun = snakemake(root, *profile)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return root, killed.stdout + killed.stderr, rerun.stdout + rerun.stderr
+
+
+def rules_run(log: str) -> list[str]:
+    return re.findall(r"^rule (\w+):", log, re.MULTILINE)
+
+
+def test_killed_job_names_the_limit_and_rerun_keeps_finished_jobs(on_slurm):
+    _, killed, rerun = on_slurm
+    assert (
+        "convscope: error: SLURM killed rule evaluate (results/tiny/metrics.json) at its memory limit: "
+        "raise its mem_mb (--set-resources evaluate:mem_mb=" in killed
     )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    remote_jobs = re.findall(r"^rule (\w+):", log, re.MULTILINE)
+    # SLURM jobs that finished before the kill (figure jobs run locally, some before it and some after).
+    finished = set(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", killed)) - {"figures"}
+    assert {"prepare_data", "train"} <= finished
+    assert "evaluate" in rules_run(rerun) and not finished & set(rules_run(rerun))
+
+
+def test_build_on_slurm_matches_local_build(on_slurm, tmp_path):
+    on_slurm, *logs = on_slurm
+    log = "".join(logs)
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
-    assert remote_jobs and len(submitted) == len(remote_jobs) == len(set(submitted))
-    assert set(re.findall(r"^localrule (\w+):", log, re.MULTILINE)) == {"all", "report_sources", "render_report"}
+    assert rules_run(log) and len(submitted) == len(rules_run(log)) == len(set(submitted))
+    assert set(re.findall(r"^localrule (\w+):", log, re.MULTILINE)) == {
+        "all",
+        "figures",
+        "report_sources",
+        "render_report",
+    }
 
     local = workdir(tmp_path / "local")
     result = snakemake(local, "--cores", "2", "--until", "evaluate")
