@@ -312,12 +312,15 @@ def caltech_gray_build(tmp_path_factory):
     tiny["models"][0].update(epochs=1, batch_size=4)
     tiny["figures"]["gradcam"]["num_images"] = 2
     tiny["figures"]["feature_maps"]["num_images"] = 1
+    # The explanation job at its defaults (three methods, 16 steps) would take half the build: one method, 4 steps.
+    tiny["explanations"] = {"methods": ["gradcam"], "steps": 4}
     assert changed_keys(profile, tiny) == {
         "dataset.root",
         "models[*].epochs",
         "models[*].batch_size",
         "figures.gradcam.num_images",
         "figures.feature_maps.num_images",
+        "explanations",
     }
     # Every job up to the report's sources; rendering them is the same as for the other Caltech-256 profile.
     build(tmp / "work", tiny, tmp / "torch", targets=(paths.REPORT_VARIABLES,))
@@ -342,7 +345,7 @@ def test_caltech256_grayscale_profile_fine_tunes_inception_at_224_on_gray_images
     with np.load(workdir / f"figures/{model}/gradcam/gradcam.npz") as arrays:
         images = arrays["inputs"] * np.reshape(IMAGENET_STD, (3, 1, 1)) + np.reshape(IMAGENET_MEAN, (3, 1, 1))
     assert np.abs(images - images[:, :1]).max() < 1e-5 and images.std() > 0.05
-    generated = " ".join(path.read_text() for path in (workdir / paths.REPORT_GENERATED).rglob("*") if path.is_file())
+    generated = " ".join(path.read_text() for path in (workdir / paths.REPORT_GENERATED).rglob("*.qmd"))
     assert "grayscale, replicated to 3 channels" in generated
 
 
