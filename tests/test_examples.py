@@ -25,16 +25,20 @@ import torchvision
 import yaml
 from conftest import REPO, tiny_config, write_yaml
 from fabricate import CIFAR_CLASSES, write_caltech, write_cifar
+from PIL import Image
 
+from convscope import paths
 from convscope.config import ModelConfig, load_config, read_config
 from convscope.errors import UserError
 from convscope.figures.features import render_feature_maps
-from convscope.models import build_model, imagenet_weights_path
+from convscope.models import build_model, imagenet_weights_path, model_kwargs
 from convscope.training import load_checkpoint, train_model
+from convscope.transforms import build_transform, denormalise
 
 EXAMPLES = REPO / "config" / "examples"
 CIFAR_PROFILE = "cifar10-resnet18.yaml"
 CALTECH_PROFILE = "caltech256-resnet50-inceptionv3.yaml"
+GRAY_PROFILE = "caltech256-inceptionv3-grayscale.yaml"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 FILE_SEED = 1234  # the fabricated "ImageNet" weights: not the init a model with seed 0 would get
 FIRST_CONV = {"resnet18": "conv1.weight", "resnet50": "conv1.weight", "inception_v3": "Conv2d_1a_3x3.conv.weight"}
@@ -79,8 +83,11 @@ def changed_keys(before, after, prefix: str = "") -> set[str]:
     return set() if before == after else {prefix}
 
 
-def build(workdir: Path, profile: dict, torch_home: Path) -> None:
-    """Writes the profile as the workflow's config in ``workdir`` and runs snakemake there on 2 cores."""
+def build(workdir: Path, profile: dict, torch_home: Path, targets: tuple[str, ...] = ()) -> None:
+    """Writes the profile as the workflow's config in ``workdir`` and runs snakemake there on 2 cores.
+
+    ``targets`` (workflow paths) replace the default target, the rendered report.
+    """
     write_yaml(workdir / "config" / "config.yaml", profile)
     if (REPO / "report").is_dir():  # the report's sources, as the default target builds the report too
         shutil.copytree(REPO / "report", workdir / "report", ignore=shutil.ignore_patterns("_*", ".*"))
@@ -96,6 +103,7 @@ def build(workdir: Path, profile: dict, torch_home: Path) -> None:
         str(workdir),
         "--cores",
         "2",
+        *targets,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -289,10 +297,89 @@ def test_caltech256_report_prints_class_names_literally(caltech_build):
     assert "Table 1: " in html and "Figure 1: " in html and "resnet50" in html and "inception_v3" in html
 
 
+# Caltech-256, the reference report's own recipe: InceptionV3 at 224 px (no aux head) on grayscale images.
+
+
+@pytest.fixture(scope="module")
+def caltech_gray_build(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("caltech_gray_example")
+    root = tmp / "256_ObjectCategories"
+    write_caltech(root, CALTECH_FOLDERS, per_class=5, grayscale=GRAYSCALE)
+    saved = save_imagenet_weights(tmp / "torch", "inception_v3")  # with the aux head, as torchvision's file
+    profile = shipped(GRAY_PROFILE)
+    tiny = copy.deepcopy(profile)
+    tiny["dataset"]["root"] = str(root)
+    tiny["models"][0].update(epochs=1, batch_size=4)
+    tiny["figures"]["gradcam"]["num_images"] = 2
+    tiny["figures"]["feature_maps"]["num_images"] = 1
+    # The explanation job at its defaults (three methods, 16 steps) would take half the build: one method, 4 steps.
+    tiny["explanations"] = {"methods": ["gradcam"], "steps": 4}
+    assert changed_keys(profile, tiny) == {
+        "dataset.root",
+        "models[*].epochs",
+        "models[*].batch_size",
+        "figures.gradcam.num_images",
+        "figures.feature_maps.num_images",
+        "explanations",
+    }
+    # Every job up to the report's sources; rendering them is the same as for the other Caltech-256 profile.
+    build(tmp / "work", tiny, tmp / "torch", targets=(paths.REPORT_VARIABLES,))
+    return tmp / "work", saved
+
+
+@slow
+def test_caltech256_grayscale_profile_fine_tunes_inception_at_224_on_gray_images(caltech_gray_build):
+    workdir, saved = caltech_gray_build
+    model = "inception_v3_gray"
+    classes = ["ak47", SPECIAL, "clutter"]
+    checkpoint = assert_checkpoint(workdir, model, "inception_v3", classes, 224, 256, saved)
+    assert checkpoint["config"]["preprocessing"]["grayscale"] and not checkpoint["config"]["aux_logits"]
+    state = checkpoint["state_dict"]
+    assert state["fc.weight"].shape == (3, 2048) and not any(key.startswith("AuxLogits.") for key in state)
+    assert_metrics(workdir, model, {"val": 3, "test": 3})
+    stages = read_stages(workdir, model)
+    assert (stages["Mixed_5d"], stages["Mixed_6e"], stages["Mixed_7c"]) == ("288×25×25", "768×12×12", "2048×5×5")
+    assert "AuxLogits" not in stages and stages["fc"] == "3"
+    assert_gradcam(workdir, model, ["Mixed_5d", "Mixed_6e", "Mixed_7c"], 2, 224)
+    # The test images the model explained were gray: their three denormalised channels are equal.
+    with np.load(workdir / f"figures/{model}/gradcam/gradcam.npz") as arrays:
+        images = arrays["inputs"] * np.reshape(IMAGENET_STD, (3, 1, 1)) + np.reshape(IMAGENET_MEAN, (3, 1, 1))
+    assert np.abs(images - images[:, :1]).max() < 1e-5 and images.std() > 0.05
+    generated = " ".join(path.read_text() for path in (workdir / paths.REPORT_GENERATED).rglob("*.qmd"))
+    assert "grayscale, replicated to 3 channels" in generated
+
+
+def test_grayscale_profile_gives_the_model_three_equal_channels(tmp_path):
+    profile = shipped(GRAY_PROFILE)
+    profile["dataset"]["root"] = str(tmp_path)
+    config = load_config(profile).models[0]
+    assert (config.input_size, config.aux_logits, config.preprocessing.grayscale) == (224, False, True)
+    colour = dataclasses.replace(config, preprocessing=dataclasses.replace(config.preprocessing, grayscale=False))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8))
+    # The model as training builds it from ImageNet weights (transform_input on), without loading a file.
+    network = torchvision.models.get_model(config.arch, num_classes=3, **model_kwargs(config)).eval()
+    seen = []
+    network.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    spread = {}
+    for preprocessing, train in ((config, True), (config, False), (colour, False)):
+        inputs = build_transform(preprocessing, train)(image)[None]
+        assert inputs.shape == (1, 3, 224, 224)
+        with torch.no_grad():
+            network(inputs)
+        pixels = denormalise(inputs, config)
+        spread[preprocessing.preprocessing.grayscale, train] = (
+            (pixels - pixels[:, :1]).abs().max().item(),  # between the channels of the image
+            (seen[-1] - seen[-1][:, :1]).abs().max().item(),  # between the channels the first convolution reads
+        )
+    # Per-channel ImageNet normalisation differs, but the image and what the network's first layer sees are gray.
+    assert max(max(spread[True, True]), max(spread[True, False])) < 1e-5
+    assert min(spread[False, False]) > 0.5  # the same image in colour: the check can fail
+
+
 # The profiles as shipped, and the package bugs they exposed (fast: no workflow run).
 
 
-@pytest.mark.parametrize("name", [CIFAR_PROFILE, CALTECH_PROFILE])
+@pytest.mark.parametrize("name", [CIFAR_PROFILE, CALTECH_PROFILE, GRAY_PROFILE])
 def test_shipped_profile_fails_only_on_the_missing_dataset(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/raw here
     with pytest.raises(

@@ -70,6 +70,19 @@ def test_loaded_weights_end_up_in_the_model(tmp_path, arch):
         assert model.transform_input, "ImageNet Inception weights expect transform_input"
 
 
+def test_inception_weights_with_an_aux_head_load_into_a_model_without_one(tmp_path):
+    # ImageNet's Inception file has the auxiliary head; below 299 px the model has none and ignores those keys.
+    torch.manual_seed(1)
+    source = torchvision.models.get_model(
+        "inception_v3", weights=None, num_classes=1000, aux_logits=True, init_weights=False
+    )
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    config = tiny_config(arch="inception_v3", input_size=224, aux_logits=False, weights=str(tmp_path / "w.pth"))
+    own, theirs = build_model(config, num_classes=3).state_dict(), source.state_dict()
+    assert not any(key.startswith("AuxLogits.") for key in own) and own["fc.weight"].shape == (3, 2048)
+    assert all(torch.equal(value, theirs[key]) for key, value in own.items() if not key.startswith("fc."))
+
+
 def test_same_class_count_keeps_the_head(tmp_path):
     source = torchvision.models.resnet18(num_classes=10)
     torch.save({"state_dict": source.state_dict()}, tmp_path / "ckpt.pt")  # a convscope-style checkpoint

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 from convscope.config import ModelConfig, RuntimeConfig
@@ -16,6 +16,9 @@ from convscope.io import write_json_atomic
 from convscope.models import model_from_checkpoint
 from convscope.training import evaluate_loader, load_checkpoint, pick_device, topk_correct
 from convscope.transforms import build_transform
+
+if TYPE_CHECKING:  # imported where predictions are written or read: jobs that only load a model skip it
+    import pandas as pd
 
 EVAL_SPLITS = ("val", "test")
 
@@ -41,6 +44,8 @@ def split_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]
 
 def prediction_rows(split: str, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> pd.DataFrame:
     """One row per image: true and predicted class, confidence and the top-5 with confidences."""
+    import pandas as pd
+
     probabilities = logits.softmax(dim=1)
     top = probabilities.topk(min(5, len(classes)), dim=1)
     predicted = top.indices[:, 0]
@@ -75,6 +80,8 @@ def evaluate_model(
     ``metrics.json`` holds only what the model and data determine, so two clean builds give
     identical files; wall times go to ``timings.json``.
     """
+    import pandas as pd
+
     if threads:
         torch.set_num_threads(threads)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -136,6 +143,8 @@ def open_model_and_split(
 
 def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> pd.DataFrame:
     """The test rows of ``predictions.csv`` in index order, checked against the test split."""
+    import pandas as pd
+
     predictions = pd.read_csv(predictions_path)
     missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:

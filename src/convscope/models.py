@@ -207,7 +207,11 @@ def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True
     model = _construct(config.arch, num_classes, **kwargs)
     if pretrained and load_weights:
         path = resolve_weights_path(config)
-        load_backbone_weights(model, read_state_dict(path), head_keys(config.arch, **kwargs), str(path))
+        state = read_state_dict(path)
+        if config.arch == "inception_v3" and not config.aux_logits:
+            # ImageNet files carry the auxiliary head; a model built without it (below 299 px) has no place for it.
+            state = {key: value for key, value in state.items() if not key.startswith("AuxLogits.")}
+        load_backbone_weights(model, state, head_keys(config.arch, **kwargs), str(path))
     return model
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from convscope.config import DatasetConfig
@@ -55,8 +54,11 @@ def read_index(index_path: str | Path) -> DatasetIndex:
     return DatasetIndex(**json.loads(index_path.read_text()))
 
 
-class ImageSource(torch.utils.data.Dataset):
+class ImageSource:
     """One split of a dataset: ``load(i)`` gives an RGB PIL image, ``__getitem__`` a transformed pair.
+
+    A map-style dataset (``len`` and ``[i]``), which torch's ``DataLoader`` takes as it is: no torch base class,
+    so preparing a dataset does not import torch.
 
     Args:
         classes: display names, index = label.
