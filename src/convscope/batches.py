@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from convscope.config import ModelConfig
@@ -36,7 +35,7 @@ class ArrayBatches:
     def __init__(
         self, source: ArraySource, transform: BatchTransform, batch_size: int, setup: Setup, shuffle: bool, drop_last
     ) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(source.images))  # N×H×W×3 uint8, shared, not copied
+        self.images = source.images  # N×H×W×3 uint8
         self.labels = torch.as_tensor(source.labels, dtype=torch.long)
         self.transform, self.batch_size, self.setup = transform, batch_size, setup
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, 0
@@ -53,7 +52,8 @@ class ArrayBatches:
         order = _epoch_order(len(self.labels), self.shuffle, generator)
         device, pin = self.setup.device, self.setup.device.type == "cuda"
         for rows in order.split(self.batch_size)[: len(self)]:
-            images, labels = self.images[rows], self.labels[rows]
+            # numpy gathers rows of a uint8 array ~50× faster than torch indexing does
+            images, labels = torch.from_numpy(self.images[rows.numpy()]), self.labels[rows]
             if pin:
                 images, labels = images.pin_memory(), labels.pin_memory()
             images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # N×3×H×W view, channels_last
