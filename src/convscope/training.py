@@ -148,7 +148,7 @@ def train_epoch(
     config: ModelConfig,
     epoch: int,
 ) -> dict[str, float]:
-    """One pass over ``loader`` (a tqdm bar shows the running loss, accuracy and images/s).
+    """One training pass over ``loader``; when it is a tqdm bar, the bar shows the running loss, accuracy and img/s.
 
     Returns:
         The epoch's mean ``loss``, ``top1`` and ``top5`` over the images seen.
