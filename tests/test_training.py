@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from convscope import training
+from convscope import runtime, training
 from convscope.evaluation import evaluate_model
 from convscope.training import TrainingError, load_checkpoint, train_model
 
@@ -37,6 +37,8 @@ def test_training_is_deterministic_and_writes_the_contract(tiny_index, tmp_path)
         and len(saved["history"]) == 2
     )
     assert {"train_loss", "val_top1", "val_top5", "lr", "seconds"} <= saved["history"][0].keys()
+    # auto's choice is recorded: bf16 on this CPU when it has native bf16, fp32 otherwise
+    assert saved["runtime"]["precision"] == ("bf16" if runtime.cpu_has_native_bf16() else "fp32")
     assert not (tmp_path / "a/resume.pt").exists()
     m1 = evaluate_model(
         tmp_path / "a/checkpoint.pt", tiny_index, tmp_path / "m1.json", tmp_path / "p1.csv", tmp_path / "t1.json"
@@ -46,6 +48,16 @@ def test_training_is_deterministic_and_writes_the_contract(tiny_index, tmp_path)
     )
     assert (tmp_path / "m1.json").read_text() == (tmp_path / "m2.json").read_text()
     assert m1["splits"]["test"]["n"] == 40 and sum(map(sum, m1["splits"]["test"]["confusion_matrix"])) == 40
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_depthwise_models_train_deterministically_in_channels_last(tiny_index, tmp_path, precision):
+    config = tiny_config(arch="mobilenet_v3_small", epochs=1)
+    first = train_model(config, tiny_index, tmp_path / "a/checkpoint.pt", threads=2, precision=precision)
+    second = train_model(config, tiny_index, tmp_path / "b/checkpoint.pt", threads=2, precision=precision)
+    assert first["runtime"] == {"device": "cpu", "precision": precision, "channels_last": True, "workers": 0}
+    assert states_equal(first["state_dict"], second["state_dict"])
+    assert all(v.is_contiguous() for v in first["state_dict"].values())
 
 
 def test_a_different_seed_gives_different_weights(tiny_index, tmp_path):

@@ -166,6 +166,9 @@ class ModelConfig(Frozen):
 class RuntimeConfig(Frozen):
     device: str
     eval_batch_size: int
+    precision: str
+    workers: str | int
+    deterministic: bool
 
 
 @dataclass(frozen=True)

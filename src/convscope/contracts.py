@@ -24,6 +24,15 @@ class Epoch(TypedDict):
     seconds: float
 
 
+class TrainingRuntime(TypedDict):
+    """How a model was trained (``convscope.runtime.Setup.record``): ``auto`` settings as they were decided."""
+
+    device: str  # cpu, cuda, mps
+    precision: str  # fp32, bf16, fp16
+    channels_last: bool
+    workers: int
+
+
 class Checkpoint(TypedDict):
     """``results/{model}/checkpoint.pt``."""
 
@@ -40,6 +49,7 @@ class Checkpoint(TypedDict):
         str, Any
     ]  # the torchvision builder's keyword arguments: get_model(arch, num_classes=..., **model_kwargs)
     history: list[Epoch]
+    runtime: TrainingRuntime
 
 
 class SplitMetrics(TypedDict):

@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from convscope import runtime
+from convscope.batches import batches
 from convscope.config import ModelConfig, RuntimeConfig
 from convscope.contracts import Checkpoint, Metrics, SplitMetrics
 from convscope.data import ImageSource, open_split
 from convscope.errors import ArtifactError
 from convscope.io import write_json_atomic
 from convscope.models import model_from_checkpoint
-from convscope.training import evaluate_loader, load_checkpoint, pick_device, topk_correct
+from convscope.training import evaluate_loader, load_checkpoint, topk_correct
 from convscope.transforms import build_transform
 
 if TYPE_CHECKING:  # imported where predictions are written or read: jobs that only load a model skip it
@@ -74,24 +76,31 @@ def evaluate_model(
     device: str = "auto",
     threads: int | None = None,
     batch_size: int = 128,
+    workers: str | int = "auto",
+    deterministic: bool = True,
 ) -> Metrics:
     """Evaluates a checkpoint on the val and test splits and writes metrics, predictions and timings.
 
     ``metrics.json`` holds only what the model and data determine, so two clean builds give
-    identical files; wall times go to ``timings.json``.
+    identical files; wall times go to ``timings.json``. The forward passes run in fp32 whatever
+    ``runtime.precision`` says: the failure figures recompute the predictions' confidences with fp32 CAM passes and
+    reject a gap above 1e-3, which bf16 logits exceed.
     """
     import pandas as pd
 
     if threads:
         torch.set_num_threads(threads)
+    runtime.set_determinism(deterministic)
     checkpoint = load_checkpoint(checkpoint_path)
     config = ModelConfig.from_dict(checkpoint["config"])
-    run_device = pick_device(device)
-    model = model_from_checkpoint(checkpoint).to(run_device)
+    model = model_from_checkpoint(checkpoint)
+    setup = runtime.resolve(model, device, "fp32", workers)
+    print(f"{config.name}: evaluating on {setup.describe()}")
+    model = setup.prepare(model)
     metrics: Metrics = {"model": config.name, "arch": config.arch, "classes": checkpoint["classes"], "splits": {}}
     timings, frames = {}, []
     for split in EVAL_SPLITS:
-        source = open_split(index_path, split, build_transform(config, train=False))
+        source = open_split(index_path, split)
         if source.classes != checkpoint["classes"]:
             raise ArtifactError(
                 f"checkpoint {str(checkpoint_path)!r} was trained on {len(checkpoint['classes'])} "
@@ -99,8 +108,8 @@ def evaluate_model(
                 f"{len(source.classes)}; retrain the model on this dataset"
             )
         started = time.perf_counter()
-        loader = torch.utils.data.DataLoader(source, batch_size=batch_size)
-        logits, labels = evaluate_loader(model, loader, run_device, desc=f"{config.name} {split}")
+        loader = batches(source, config, False, batch_size, setup)
+        logits, labels = evaluate_loader(model, loader, setup, desc=f"{config.name} {split}")
         seconds = time.perf_counter() - started
         timings[split] = {"seconds": seconds, "images_per_s": len(labels) / seconds if seconds else None}
         metrics["splits"][split] = split_metrics(logits, labels, checkpoint["classes"])
@@ -161,7 +170,7 @@ def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> 
 
 
 def evaluate(
-    runtime: RuntimeConfig,
+    run: RuntimeConfig,
     index_path: str | Path,
     checkpoint_path: str | Path,
     metrics_path: str | Path,
@@ -176,7 +185,9 @@ def evaluate(
         metrics_path,
         predictions_path,
         timings_path,
-        device=runtime.device,
+        device=run.device,
         threads=threads,
-        batch_size=runtime.eval_batch_size,
+        batch_size=run.eval_batch_size,
+        workers=run.workers,
+        deterministic=run.deterministic,
     )

@@ -40,7 +40,8 @@ maps from those calls serve faithfulness, ROAD and the sanity check's trained st
 ``explanations.npz`` holds ``layers``, ``sample_indices``, ``sample_labels``, ``sample_targets``, ``fractions``
 (S+1), ``random_deletion``/``random_insertion`` (N×(S+1)), ``sanity_steps``; per method ``cam_<m>`` (N×H×W maps
 at the deepest layer), ``undefined_<m>``, ``deletion_<m>``/``insertion_<m>``, ``sanity_spearman_<m>``/
-``sanity_ssim_<m>`` (S×N), ``road_morf_<m>``/``road_lerf_<m>`` (R×F, R = min(road_images, N)) beside ``road_fractions`` and
+``sanity_ssim_<m>`` (S×N), ``road_morf_<m>``/``road_lerf_<m>`` (R×F, R = min(road_images, N)) beside
+``road_fractions`` and
 ``random_road_morf``/``random_road_lerf``, and ``sanity_maps_<m>`` (S×E×H×W for the E example images of
 ``sanity_maps.png``);
 with masks, per test image, ``test_correct``, ``pointing_<m>_<layer>``/``energy_<m>_<layer>`` (NaN for undefined

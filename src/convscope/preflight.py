@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from convscope.config import Config
 from convscope.models import check_input_size
-from convscope.training import pick_device
+from convscope.runtime import pick_device
 
 
 def check(config: Config, device: bool = True) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import sys
 import time
 from pathlib import Path
@@ -14,36 +13,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from convscope import runtime
+from convscope.batches import batches
 from convscope.config import ModelConfig, RuntimeConfig
 from convscope.contracts import Checkpoint
 from convscope.data import open_split
-from convscope.errors import ConfigError, TrainingError
+from convscope.errors import TrainingError
 from convscope.io import write_atomic, write_json_atomic
-from convscope.models import build_model, check_input_size, head_parameter_names, model_kwargs
-from convscope.transforms import build_transform
+from convscope.models import build_model, check_input_size, head_parameter_names, logits_of, model_kwargs
+from convscope.runtime import Setup
 
-
-def available_devices() -> list[str]:
-    """The devices torch reports on this machine, in the order ``auto`` prefers them."""
-    found = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    return [name for name, available in found.items() if available]
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA, then MPS, then CPU for ``auto``; the named device otherwise.
-
-    Raises:
-        ConfigError: the named device is not on this machine.
-    """
-    available = available_devices()
-    if requested == "auto":
-        return torch.device(available[0])
-    if requested not in available:
-        raise ConfigError(
-            f"config runtime.device = {requested!r}, but torch finds no {requested} device on this machine "
-            f"(available: {', '.join(available)}); set runtime.device to auto or one of those"
-        )
-    return torch.device(requested)
+# Steps between two reads of the running loss and accuracy: each read waits for the device to finish.
+SYNC_STEPS = 25
 
 
 def save_atomic(payload: Any, path: Path) -> None:
@@ -129,16 +110,16 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: ModelConfig, steps: int
 
 @torch.no_grad()
 def evaluate_loader(
-    model: nn.Module, loader, device: torch.device, desc: str | None = None
+    model: nn.Module, loader, setup: Setup, desc: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a whole loader, in eval mode."""
+    """Logits (float32) and labels of every batch of ``loader``, in eval mode, on the CPU."""
     model.eval()
     logits, labels = [], []
     for inputs, batch_labels in tqdm(loader, desc=desc, leave=False, disable=desc is None):
-        output = model(inputs.to(device))
-        logits.append((output.logits if hasattr(output, "logits") else output).float().cpu())
+        with setup.autocast():
+            logits.append(logits_of(model(inputs)).float())
         labels.append(batch_labels)
-    return torch.cat(logits), torch.cat(labels)
+    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
 
 
 def _freeze_backbone_norms(model: nn.Module, heads: set[str]) -> None:
@@ -148,6 +129,62 @@ def _freeze_backbone_norms(model: nn.Module, heads: set[str]) -> None:
             module.eval()
 
 
+def _check_finite(config: ModelConfig, epoch: int, bad_step: torch.Tensor, bad_loss: torch.Tensor) -> None:
+    if bad_step.item() >= 0:
+        raise TrainingError(
+            f"{config.name}: loss became {bad_loss.item()} at epoch {epoch + 1}, step {bad_step.item() + 1}; "
+            f"lower models[].lr (now {config.lr}) or check the input data"
+        )
+
+
+def train_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    criterion: nn.Module,
+    setup: Setup,
+    config: ModelConfig,
+    epoch: int,
+) -> dict[str, float]:
+    """One training pass over ``loader``; when it is a tqdm bar, the bar shows the running loss, accuracy and img/s.
+
+    Returns:
+        The epoch's mean ``loss``, ``top1`` and ``top5`` over the images seen.
+    """
+    started, seen, steps = time.perf_counter(), 0, len(loader)
+    # Running sums stay on the device; the host reads them every SYNC_STEPS steps, not three times a step.
+    zero = torch.zeros((), device=setup.device)
+    loss_sum, top1, top5, bad_loss = zero.clone(), zero.clone(), zero.clone(), zero.clone()
+    bad_step = torch.full((), -1, device=setup.device)
+    for step, (inputs, labels) in enumerate(loader):
+        with setup.autocast():
+            logits, loss = _logits_and_loss(model, inputs, labels, criterion)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        seen += len(labels)
+        loss = loss.detach().float()
+        first_bad = (bad_step < 0) & ~torch.isfinite(loss)
+        bad_step = torch.where(first_bad, step, bad_step)
+        bad_loss = torch.where(first_bad, loss, bad_loss)
+        loss_sum += loss * len(labels)
+        top1 += topk_correct(logits.detach(), labels, 1).sum()
+        top5 += topk_correct(logits.detach(), labels, 5).sum()
+        if (step + 1) % SYNC_STEPS == 0 or step + 1 == steps:
+            _check_finite(config, epoch, bad_step, bad_loss)
+            if hasattr(loader, "set_postfix"):
+                loader.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.3f}",
+                    acc=f"{top1.item() / seen:.3f}",
+                    img_s=f"{seen / (time.perf_counter() - started):.0f}",
+                )
+    return {"loss": loss_sum.item() / seen, "top1": top1.item() / seen, "top5": top5.item() / seen}
+
+
 def train_model(
     config: ModelConfig,
     index_path: str | Path,
@@ -155,96 +192,80 @@ def train_model(
     device: str = "auto",
     threads: int | None = None,
     eval_batch_size: int = 128,
+    precision: str = "auto",
+    workers: str | int = "auto",
+    deterministic: bool = True,
 ) -> dict:
     """Trains one model on a prepared dataset and writes its checkpoint atomically.
 
     The state after every epoch goes to ``resume.pt`` beside the checkpoint; a later call
     with the same config continues from there, so an interrupted run loses at most one
     epoch. Every epoch is seeded from ``config.seed`` and its number, so a resumed run
-    ends with the same tensors as an uninterrupted one.
+    ends with the same tensors as an uninterrupted one. ``precision`` and ``workers`` are
+    resolved by ``convscope.runtime`` (``auto``: what is fastest and safe on this device);
+    the checkpoint's ``runtime`` records what was used.
 
     Returns:
         The checkpoint dict (see the artifact contract in the README).
     """
     if threads:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    runtime.set_determinism(deterministic)
     checkpoint_path = Path(checkpoint_path)
     resume_path = checkpoint_path.with_name("resume.pt")
-    run_device = pick_device(device)
+    runtime.pick_device(device)  # an absent device fails here, before the data is read
     check_input_size(config, f"config models[{config.name!r}]")
 
-    train_set = open_split(index_path, "train", build_transform(config, train=True))
-    val_set = open_split(index_path, "val", build_transform(config, train=False))
+    train_set = open_split(index_path, "train")
+    val_set = open_split(index_path, "val")
     classes = train_set.classes
     torch.manual_seed(config.seed)
-    model = build_model(config, len(classes)).to(run_device)
+    model = build_model(config, len(classes))
+    setup = runtime.resolve(model, device, precision, workers)
+    print(f"{config.name}: training on {setup.describe()}")
+    model = setup.prepare(model)
     optimizer = _optimizer(model, config)
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.precision == "fp16")
     # BatchNorm cannot train on one image where a layer's output is 1×1 (InceptionV3's aux head, a ResNet's
     # layer4 at small inputs), so a last batch of a single image is dropped (a different one every epoch).
     drop_last = len(train_set) % config.batch_size == 1 and len(train_set) > 1
-    steps_per_epoch = (
-        len(train_set) // config.batch_size if drop_last else math.ceil(len(train_set) / config.batch_size)
-    )
-    scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
+    train_batches = batches(train_set, config, True, config.batch_size, setup, drop_last=drop_last)
+    val_batches = batches(val_set, config, False, eval_batch_size, setup)
+    scheduler = _scheduler(optimizer, config, config.epochs * len(train_batches))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     heads = head_parameter_names(model, config)
     config_dict = dataclasses.asdict(config)
+    run = setup.record()
 
     history: list[dict] = []
     start_epoch = 0
     state = _read_resume(resume_path)
     if state is not None:
-        if state.get("config") == config_dict and state.get("classes") == classes:
+        if state.get("config") == config_dict and state.get("classes") == classes and state.get("runtime") == run:
             model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state.get("scaler", {}))
             history, start_epoch = state["history"], state["epoch"]
             print(f"resuming {config.name} after epoch {start_epoch} from {resume_path}")
 
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=eval_batch_size)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws from the global generator
-        shuffle = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle, drop_last=drop_last
-        )
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout and other in-model draws
+        train_batches.set_epoch(config.seed * 1000 + epoch)  # order and augmentation
         model.train()
         if config.freeze == "backbone":
             _freeze_backbone_norms(model, heads)
-        seen = loss_sum = top1 = top5 = 0.0
-        bar = tqdm(loader, desc=f"{config.name} epoch {epoch + 1}/{config.epochs}", unit="batch")
-        for step, (inputs, labels) in enumerate(bar):
-            inputs, labels = inputs.to(run_device), labels.to(run_device)
-            logits, loss = _logits_and_loss(model, inputs, labels, criterion)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower models[].lr (now {config.lr}) or check the input data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            n = len(labels)
-            seen += n
-            loss_sum += loss.item() * n
-            top1 += topk_correct(logits.detach(), labels, 1).sum().item()
-            top5 += topk_correct(logits.detach(), labels, 5).sum().item()
-            bar.set_postfix(
-                loss=f"{loss_sum / seen:.3f}",
-                acc=f"{top1 / seen:.3f}",
-                img_s=f"{seen / (time.perf_counter() - started):.0f}",
-            )
-        val_logits, val_labels = evaluate_loader(model, val_loader, run_device)
+        bar = tqdm(train_batches, desc=f"{config.name} epoch {epoch + 1}/{config.epochs}", unit="batch")
+        sums = train_epoch(model, bar, optimizer, scheduler, scaler, criterion, setup, config, epoch)
+        val_logits, val_labels = evaluate_loader(model, val_batches, setup)
         seconds = time.perf_counter() - started
         history.append(
             {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum / seen,
-                "train_top1": top1 / seen,
-                "train_top5": top5 / seen,
+                "train_loss": sums["loss"],
+                "train_top1": sums["top1"],
+                "train_top5": sums["top5"],
                 "val_loss": nn.functional.cross_entropy(val_logits, val_labels).item(),
                 "val_top1": topk_correct(val_logits, val_labels, 1).float().mean().item(),
                 "val_top5": topk_correct(val_logits, val_labels, 5).float().mean().item(),
@@ -253,7 +274,7 @@ def train_model(
             }
         )
         print(
-            f"{config.name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, "
+            f"{config.name} epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, "
             f"val top-1 {history[-1]['val_top1']:.3f}, {seconds:.0f} s"
         )
         save_atomic(
@@ -261,16 +282,19 @@ def train_model(
                 "state_dict": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
                 "history": history,
                 "epoch": epoch + 1,
                 "config": config_dict,
                 "classes": classes,
+                "runtime": run,
             },
             resume_path,
         )
 
     checkpoint: Checkpoint = {
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        # Plain contiguous CPU tensors, whatever the memory format the model trained in.
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "arch": config.arch,
         "num_classes": len(classes),
         "model_kwargs": model_kwargs(config),
@@ -281,6 +305,7 @@ def train_model(
         "epoch": config.epochs,
         "config": config_dict,
         "history": history,
+        "runtime": run,
     }
     save_atomic(checkpoint, checkpoint_path)
     resume_path.unlink(missing_ok=True)
@@ -289,7 +314,7 @@ def train_model(
 
 def train(
     model: ModelConfig,
-    runtime: RuntimeConfig,
+    run: RuntimeConfig,
     index_path: str | Path,
     checkpoint_path: str | Path,
     history_path: str | Path,
@@ -300,9 +325,12 @@ def train(
         model,
         index_path,
         checkpoint_path,
-        device=runtime.device,
+        device=run.device,
         threads=threads,
-        eval_batch_size=runtime.eval_batch_size,
+        eval_batch_size=run.eval_batch_size,
+        precision=run.precision,
+        workers=run.workers,
+        deterministic=run.deterministic,
     )
     write_json_atomic(history_path, checkpoint["history"])
     return checkpoint

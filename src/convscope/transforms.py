@@ -1,4 +1,4 @@
-"""Per-model preprocessing: PIL image → normalised float tensor, as the config says."""
+"""Per-model preprocessing: PIL image (or a batch of uint8 images) → normalised float tensor, as the config says."""
 
 from __future__ import annotations
 
@@ -27,6 +27,40 @@ def build_transform(config: ModelConfig, train: bool) -> v2.Compose:
         steps.append(v2.Grayscale(num_output_channels=3))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
     return v2.Compose(steps)
+
+
+class BatchTransform:
+    """``build_transform`` for a whole batch of uint8 N×3×H×W images of one size, on the batch's device.
+
+    The same steps in the same order; on the CPU the same values as the per-image transform (the same functions do
+    the work). Random crops and flips are drawn per image from ``generator``, with the per-image distributions
+    (offsets uniform over every valid position, flips with probability 1/2).
+    """
+
+    def __init__(self, config: ModelConfig, train: bool) -> None:
+        pre = config.preprocessing
+        self.side = pre.resize or config.input_size
+        self.size = config.input_size
+        self.random_crop = train and pre.crop == "random"
+        self.hflip = train and pre.hflip
+        self.grayscale = pre.grayscale
+        self.mean, self.std = list(pre.mean), list(pre.std)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        images = TF.resize(images, [self.side], antialias=True)
+        n, size = len(images), self.size
+        if self.random_crop:
+            tops = torch.randint(0, images.shape[-2] - size + 1, (n,), generator=generator).tolist()
+            lefts = torch.randint(0, images.shape[-1] - size + 1, (n,), generator=generator).tolist()
+            images = torch.stack([image[:, t : t + size, x : x + size] for image, t, x in zip(images, tops, lefts)])
+        else:
+            images = TF.center_crop(images, [size])
+        if self.hflip:
+            flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if self.grayscale:
+            images = TF.rgb_to_grayscale(images, num_output_channels=3)
+        return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
 
 
 def denormalise(inputs: torch.Tensor, config: ModelConfig) -> torch.Tensor:

@@ -317,6 +317,11 @@ def training_data(m: ModelArtifacts) -> dict[str, Any]:
             + (f"; label smoothing {config['label_smoothing']:g}" if config["label_smoothing"] else ""),
         ],
     ]
+    run = m.checkpoint.get("runtime")  # what runtime.precision/workers: auto decided (absent in older checkpoints)
+    if run:
+        autocast = "fp32" if run["precision"] == "fp32" else f"{run['precision']} autocast"
+        memory = ", channels_last" if run["channels_last"] else ""
+        setup.append(["hardware", f"{run['device']}, {autocast}{memory}, {plural(run['workers'], 'loader worker')}"])
     val, test = m.metrics["splits"]["val"], m.metrics["splits"]["test"]
     metrics = [
         [split, f"{r['n']:,}", percent(r["top1"]), percent(r["top5"])]
