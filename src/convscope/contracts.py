@@ -42,12 +42,30 @@ class Checkpoint(TypedDict):
     history: list[Epoch]
 
 
+class CalibrationBin(TypedDict):
+    """One bin of the reliability diagram: images whose top-1 confidence lies in ``(lower, upper]``."""
+
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None  # mean top-1 confidence of the bin; None when empty
+    accuracy: float | None  # share of its images classified correctly; None when empty
+
+
+class Calibration(TypedDict):
+    """Expected calibration error (Guo et al. 2017): equal-width confidence bins, weighted |accuracy - confidence|."""
+
+    ece: float
+    bins: list[CalibrationBin]
+
+
 class SplitMetrics(TypedDict):
     n: int
     top1: float
     top5: float
     per_class_accuracy: dict[str, float | None]
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+    calibration: Calibration
 
 
 class Metrics(TypedDict):

@@ -244,6 +244,7 @@ def comparison_rows(models: Sequence[ModelArtifacts]) -> list[list[object]]:
                 percent(val["top5"]),
                 percent(test["top1"]),
                 percent(test["top5"]),
+                score(test["calibration"]["ece"]),
                 duration(m.train_seconds),
             ]
         )
@@ -374,6 +375,12 @@ def score(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def calibration_data(m: ModelArtifacts) -> dict[str, Any]:
+    """The expected calibration error on validation and test, and the number of confidence bins."""
+    val, test = m.metrics["splits"]["val"]["calibration"], m.metrics["splits"]["test"]["calibration"]
+    return {"val": score(val["ece"]), "test": score(test["ece"]), "bins": len(test["bins"])}
+
+
 def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
     """Localisation, faithfulness and sanity check of each CAM method, beside their baselines."""
     report = m.explanations
@@ -438,6 +445,7 @@ def model_data(m: ModelArtifacts) -> dict[str, Any]:
         "filters": filters_data(m),
         "feature_maps": feature_maps_data(m),
         "failures": failures_data(m),
+        "calibration": calibration_data(m),
         "explanations": explanations_data(m),
     }
 
