@@ -46,8 +46,9 @@ def _agreement_figure(found: Found, cmap: str, alpha: float) -> Figure:
     images = drawing.display_images(found.inputs, found.display)
     method = METHOD_NAMES.get(report["method"], report["method"])
     title = (
-        f"{method} of each model at its deepest layer, same test images ({report['size']} px); "
+        f"{method} of each model at its deepest layer, same test images ({report['size']} px)\n"
         f"mean Spearman {_score(report['mean_spearman'])}, pointing agreement {_score(report['pointing_agreement'])}"
+        + ("; rows: mean over the pairs of models" if len(names) > 2 else "")
     )
     fig, axes = drawing.grid(len(images), 1 + len(names), title, label_inches=1.3, title_lines=2)
     for row, (image, label) in enumerate(zip(images, report["labels"])):
@@ -65,16 +66,15 @@ def _agreement_figure(found: Found, cmap: str, alpha: float) -> Figure:
             undefined = bool(undefined_maps(cam)[0])
             drawing.draw_cam(axes[row, col], image, cam[0].numpy(), undefined, cmap, alpha)
             predicted = report["predictions"][name][row]
-            axes[row, col].set_title(
+            # Below the panel, so that the column headers above the first row stay black.
+            axes[row, col].set_xlabel(
                 f"pred: {classes[predicted]} {drawing.prob(found.probabilities[name][row, predicted])}",
                 fontsize=drawing.SMALL,
                 color="black" if predicted == label else "firebrick",
             )
     axes[0, 0].set_title("input", fontsize=9)
     for col, name in enumerate(names, start=1):
-        # The model above its first panel's prediction: the column's header.
-        first = axes[0, col].get_title()
-        axes[0, col].set_title(f"{name} ({report['layers'][name]})\n{first}", fontsize=drawing.SMALL)
+        axes[0, col].set_title(f"{name}\nat {report['layers'][name]}", fontsize=9)
     drawing.cam_colorbar(fig, axes[:, 1:], cmap)
     return fig
 
