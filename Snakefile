@@ -35,6 +35,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/figures.smk"
 include: "rules/explain.smk"
+include: "rules/compare.smk"
 include: "rules/report.smk"
 
 

@@ -120,6 +120,8 @@ def report_source_inputs(wildcards):
         "figures": expand(paths.FIGURE_DIR, model=models, family=FIGURE_FAMILIES),
         "explanations": expand(paths.EXPLANATIONS, model=models),
         "explanation_figures": expand(paths.EXPLANATION_FIGURES, model=models),
+        "agreement": paths.AGREEMENT,
+        "comparison_figures": paths.COMPARISON_FIGURES,
     }
 
 
@@ -142,6 +144,7 @@ def report_benchmarks():
             family=FIGURE_FAMILIES,
         )
         + expand(f"{paths.BENCHMARKS}/explain/{{model}}.tsv", model=models)
+        + [f"{paths.BENCHMARKS}/compare_models.tsv"]
     )
 
 
@@ -158,3 +161,21 @@ def explanation_settings(wildcards):
         CONFIG.figures.gradcam.alpha,
     )
     return settings
+
+
+def comparison_settings():
+    """What the cross-model comparison reads of the config: each model's deepest Grad-CAM layer (None: the
+    architecture's default) and the Grad-CAM figures' image count, method and colours.
+    """
+    cam = CONFIG.figures.gradcam
+    return {
+        "layers": {
+            name: cam.layers[name][-1] if cam.layers.get(name) else None
+            for name in CONFIG.model_names
+        },
+        "num_images": cam.num_images,
+        "method": cam.method,
+        "cmap": cam.cmap,
+        "alpha": cam.alpha,
+        "batch_size": CONFIG.runtime.eval_batch_size,
+    }

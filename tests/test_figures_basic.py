@@ -14,7 +14,7 @@ from PIL import Image
 from convscope.config import load_config
 from convscope.data import open_split, prepare_dataset
 from convscope.errors import UserError
-from convscope.evaluation import evaluate_model, load_model
+from convscope.evaluation import calibration, evaluate_model, load_model
 from convscope.figures.architecture import render_architecture
 from convscope.figures.features import render_feature_maps
 from convscope.figures.filters import render_filters
@@ -242,9 +242,22 @@ def test_training_figures_from_real_metrics(arch, checkpoints, index, tmp_path):
         "confusion_matrix.npz",
         "per_class_accuracy.png",
         "per_class_accuracy.csv",
+        "reliability.png",
+        "reliability.csv",
     ]
     assert_pngs(files)
     test = json.loads(metrics.read_text())["splits"]["test"]
+    # metrics.json carries the calibration of the confidences predictions.csv lists (those rounded to 6 decimals).
+    predictions = [row for row in read_csv(tmp_path / "predictions.csv") if row["split"] == "test"]
+    confidence = np.array([float(row["confidence"]) for row in predictions])
+    correct = np.array([row["correct"] == "True" for row in predictions])
+    bins = np.clip(np.ceil(confidence * 15).astype(int), 1, 15) - 1
+    ece = sum(abs(correct[bins == m].mean() - confidence[bins == m].mean()) * (bins == m).mean() for m in set(bins))
+    assert test["calibration"]["ece"] == pytest.approx(ece, abs=1e-5)
+    assert [b["count"] for b in test["calibration"]["bins"]] == np.bincount(bins, minlength=15).tolist()
+    assert [int(row["count"]) for row in read_csv(tmp_path / "figs" / "reliability.csv")] == np.bincount(
+        bins, minlength=15
+    ).tolist()
     saved = np.load(tmp_path / "figs" / "confusion_matrix.npz")
     np.testing.assert_array_equal(saved["counts"], test["confusion_matrix"])
     np.testing.assert_allclose(saved["normalised"].sum(axis=1), 1.0)
@@ -262,6 +275,7 @@ def test_training_figures_with_many_classes(checkpoints, tmp_path):
     checkpoint.update(classes=classes, num_classes=257, state_dict={})
     torch.save(checkpoint, tmp_path / "many.pt")
     counts = np.diag(np.arange(1, 258)) + 1
+    logits = torch.randn(int(counts.sum()), 257)
     metrics = {
         "splits": {
             "test": {
@@ -270,6 +284,7 @@ def test_training_figures_with_many_classes(checkpoints, tmp_path):
                 "top5": 0.9,
                 "confusion_matrix": counts.tolist(),
                 "per_class_accuracy": {c: float(counts[i, i] / counts[i].sum()) for i, c in enumerate(classes)},
+                "calibration": calibration(logits, logits.argmax(1)),
             }
         }
     }

@@ -97,16 +97,19 @@ def test_changing_one_model_reruns_only_that_model(built):
     with with_config(built, changed):
         jobs = planned_jobs(built)
     figures = [f"figures second/{family}" for family in FAMILIES]
-    assert jobs == sorted(["all", "evaluate second", "explain second", "train second", *figures, *REPORT_JOBS])
+    # The cross-model comparison reads every checkpoint, so it follows too.
+    expected = ["all", "evaluate second", "explain second", "train second", "compare_models", *figures]
+    assert jobs == sorted([*expected, *REPORT_JOBS])
 
 
 def test_changing_a_gradcam_option_reruns_only_cam_figures_and_the_report(built):
     with with_config(built, {**TWO_MODELS, "figures": {"gradcam": {"cmap": "magma"}}}):
         jobs = planned_jobs(built)
-    # The explanation figures draw their heatmaps with the Grad-CAM colours, so they follow too.
+    # The explanation figures and the cross-model comparison draw their heatmaps with the same colours.
     expected = [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")] + [
         "explain tiny",
         "explain second",
+        "compare_models",
     ]
     assert jobs == sorted(["all", *REPORT_JOBS, *expected])
 
@@ -152,7 +155,7 @@ def test_report_is_rendered_from_the_build(built):
     assert (built / "report/_output/report.pdf").read_bytes().startswith(b"%PDF-")
     # Self-contained: every image is embedded, and every figure the generated sections show made it in.
     sources = re.findall(r'<img[^>]* src="([^"]*)"', html)
-    generated = (built / "report/_generated/models.qmd").read_text()
+    generated = "".join(p.read_text() for p in (built / "report/_generated").glob("*.qmd"))
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
     assert len(sources) == generated.count("](_generated/figures/")
     # Numbered captions and resolved references; no shortcode or citation left unexpanded.
@@ -183,6 +186,25 @@ def test_explanation_quality_is_measured_for_every_method(built):
         assert {"localisation.png", "deletion_insertion.png", "sanity_curves.png", "sanity_maps.png"} <= names
     generated = (built / "report/_generated/models.qmd").read_text()
     assert "#tbl-tiny-faithfulness" in generated and "#fig-second-sanity" in generated
+
+
+def test_models_are_compared_on_the_same_images(built):
+    report = json.loads((built / "results/comparison/agreement.json").read_text())
+    assert report["models"] == ["tiny", "second"] and report["skipped"] is None and report["size"] == 32
+    assert report["layers"] == {"tiny": "layer4", "second": "features.12"}  # each model's deepest default layer
+    assert [pair["models"] for pair in report["pairs"]] == [["tiny", "second"]]
+    # At 32 px both deepest layers are 1×1: constant maps, counted as undefined rather than compared.
+    pair = report["pairs"][0]
+    assert pair["n"] + pair["undefined"] == len(report["sample_indices"]) == 8 == len(set(report["sample_indices"]))
+    assert {p.name for p in (built / "figures/comparison").glob("agreement.*")} == {"agreement.png", "agreement.npz"}
+    section = (built / "report/_generated/agreement.qmd").read_text()
+    assert "#tbl-agreement" in section and "#fig-agreement" in section
+    html = " ".join((built / "report/_output/report.html").read_text().split())  # the HTML wraps long lines
+    assert "Do the models look at the same evidence?" in html and "Agreement of the models" in html
+    metrics = json.loads((built / "results/tiny/metrics.json").read_text())["splits"]["test"]
+    assert sum(b["count"] for b in metrics["calibration"]["bins"]) == 40 and 0 <= metrics["calibration"]["ece"] <= 1
+    assert f"{metrics['calibration']['ece']:.3f}" in (built / "report/_generated/comparison.qmd").read_text()
+    assert "#fig-tiny-reliability" in (built / "report/_generated/models.qmd").read_text()
 
 
 def test_invalid_config_fails_before_any_job(built, tmp_path):
@@ -226,6 +248,7 @@ LOG_KINDS = {
     "explain": "explain",
     "sources": "report_sources",
     "render": "render_report",
+    "compare_models": "compare_models",
 }
 
 
@@ -266,10 +289,11 @@ def fingerprints(package: Path) -> dict[str, str]:
 FAMILY_KINDS = [f"figures/{family}" for family in FAMILIES]
 # Which job kinds read another's outputs (rules/*.smk): a rerun of the first reruns these too.
 READERS = {
-    "prepare_data": ["train", "evaluate", "explain", "report_sources", *FAMILY_KINDS],
-    "train": ["evaluate", "explain", "report_sources", *FAMILY_KINDS],
+    "prepare_data": ["train", "evaluate", "explain", "compare_models", "report_sources", *FAMILY_KINDS],
+    "train": ["evaluate", "explain", "compare_models", "report_sources", *FAMILY_KINDS],
     "evaluate": ["figures/training", "figures/gradcam", "figures/failures", "report_sources"],
     "explain": ["report_sources"],
+    "compare_models": ["report_sources"],
     "report_sources": ["render_report"],
     **{kind: ["report_sources"] for kind in FAMILY_KINDS},
 }
@@ -360,4 +384,5 @@ def test_snakemake_report_holds_every_figure_per_model(built):
             assert (drawn or family == "architecture") and drawn <= set(shipped), (model, family)  # no PNG: text only
             assert not drawn or f'"{family}"' in page, family  # its subcategory
         assert f'"{model}"' in page  # its category
-    assert len(shipped) == len(list((built / "figures").glob("*/*/*.png")))
+    assert '"comparison"' in page and "agreement.png" in shipped
+    assert len(shipped) == len(list((built / "figures").rglob("*.png")))

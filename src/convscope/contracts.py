@@ -52,12 +52,30 @@ class Checkpoint(TypedDict):
     runtime: TrainingRuntime
 
 
+class CalibrationBin(TypedDict):
+    """One bin of the reliability diagram: images whose top-1 confidence lies in ``(lower, upper]``."""
+
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None  # mean top-1 confidence of the bin; None when empty
+    accuracy: float | None  # share of its images classified correctly; None when empty
+
+
+class Calibration(TypedDict):
+    """Expected calibration error (Guo et al. 2017): equal-width confidence bins, weighted |accuracy - confidence|."""
+
+    ece: float
+    bins: list[CalibrationBin]
+
+
 class SplitMetrics(TypedDict):
     n: int
     top1: float
     top5: float
     per_class_accuracy: dict[str, float | None]
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+    calibration: Calibration
 
 
 class Metrics(TypedDict):
@@ -153,3 +171,36 @@ class Explanations(TypedDict):
     tolerance_px: float | None
     sanity_threshold: float
     methods: dict[str, MethodReport]
+
+
+class PairAgreement(TypedDict):
+    """Two models' maps of the same test images compared (``convscope.agreement``)."""
+
+    models: list[str]  # the two model names
+    spearman: list[float | None]  # per image: rank correlation of the two maps; None where a map is undefined
+    pointing: list[float | None]  # per image: do the two maxima lie within the tolerance (1) or not (0)
+    mean_spearman: float | None
+    pointing_agreement: float | None
+    n: int  # images where both maps are defined
+    undefined: int
+
+
+class Agreement(TypedDict):
+    """``results/comparison/agreement.json`` (details in ``convscope.agreement``)."""
+
+    schema_version: int
+    models: list[str]
+    skipped: str | None  # why the maps were not compared (one model, different fields of view)
+    split: str
+    method: str
+    layers: dict[str, str]  # model -> the layer explained (its deepest configured one)
+    input_sizes: dict[str, int]
+    field_of_view: dict[str, float]  # share of the shorter side the evaluation crop keeps
+    size: int | None  # the side the maps are compared at (the smallest input size)
+    tolerance_px: float | None
+    sample_indices: list[int]
+    labels: list[int]
+    predictions: dict[str, list[int]]
+    pairs: list[PairAgreement]
+    mean_spearman: float | None  # over every pair and image where both maps are defined
+    pointing_agreement: float | None

@@ -1,4 +1,4 @@
-"""Evaluation: top-1/top-5 per split, per-class accuracy, confusion matrix, per-image predictions."""
+"""Evaluation: top-1/top-5 per split, per-class accuracy, confusion matrix, calibration, per-image predictions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from convscope import runtime
 from convscope.batches import batches
 from convscope.config import ModelConfig, RuntimeConfig
-from convscope.contracts import Checkpoint, Metrics, SplitMetrics
+from convscope.contracts import Calibration, Checkpoint, Metrics, SplitMetrics
 from convscope.data import ImageSource, open_split
 from convscope.errors import ArtifactError
 from convscope.io import write_json_atomic
@@ -23,10 +23,55 @@ if TYPE_CHECKING:  # imported where predictions are written or read: jobs that o
     import pandas as pd
 
 EVAL_SPLITS = ("val", "test")
+CALIBRATION_BINS = 15  # as Guo et al. 2017
+CALIBRATION_DECIMALS = 6  # metrics.json must be identical across clean builds: no float-noise digits
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATION_BINS) -> Calibration:
+    """Expected calibration error and the reliability diagram of top-1 predictions (Guo et al. 2017).
+
+    Images fall into ``bins`` equal-width bins of top-1 softmax confidence, ``(m-1)/M < p <= m/M``; ECE is the
+    mean over bins of ``|accuracy - mean confidence|`` weighted by each bin's share of the images.
+
+    Args:
+        logits: N×K model outputs.
+        labels: N true classes.
+        bins: Number of confidence bins.
+
+    Returns:
+        ``{"ece": float, "bins": [{"lower", "upper", "count", "confidence", "accuracy"}, ...]}`` (empty bins
+        have None confidence and accuracy), rounded to 6 decimals.
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1] or bins < 1:
+        raise ValueError(
+            f"need N×K logits, N labels and bins >= 1, got {tuple(logits.shape)}, {tuple(labels.shape)}, {bins}"
+        )
+    confidence, predicted = logits.double().softmax(dim=1).max(dim=1)
+    correct = (predicted == labels).double()
+    # A confidence of exactly m/M belongs to bin m (upper edge included); 0 cannot occur after a softmax.
+    which = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    count = torch.bincount(which, minlength=bins)
+    summed_confidence = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, confidence)
+    summed_correct = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, correct)
+    ece = (summed_correct - summed_confidence).abs().sum().item() / max(len(labels), 1)
+    table = []
+    for m in range(bins):
+        n = int(count[m])
+        table.append(
+            {
+                "lower": round(m / bins, CALIBRATION_DECIMALS),
+                "upper": round((m + 1) / bins, CALIBRATION_DECIMALS),
+                "count": n,
+                "confidence": round(summed_confidence[m].item() / n, CALIBRATION_DECIMALS) if n else None,
+                "accuracy": round(summed_correct[m].item() / n, CALIBRATION_DECIMALS) if n else None,
+            }
+        )
+    return {"ece": round(ece, CALIBRATION_DECIMALS), "bins": table}
 
 
 def split_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> SplitMetrics:
-    """Top-1, top-5, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Top-1, top-5, per-class accuracy, the confusion matrix (rows: true class, columns: predicted) and the
+    calibration of the top-1 confidence."""
     predicted = logits.argmax(dim=1)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
@@ -41,6 +86,7 @@ def split_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]
         "top5": topk_correct(logits, labels, 5).float().mean().item(),
         "per_class_accuracy": per_class,
         "confusion_matrix": confusion.tolist(),
+        "calibration": calibration(logits, labels),
     }
 
 

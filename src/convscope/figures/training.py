@@ -1,4 +1,5 @@
-"""Training: loss and accuracy curves per epoch, the test confusion matrix and per-class test accuracy."""
+"""Training: loss and accuracy curves per epoch, the test confusion matrix, per-class test accuracy and the
+reliability diagram of the test split (its numbers come from ``metrics.json``)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,55 @@ def _per_class(table: pd.DataFrame, label: str, overall: float) -> plt.Figure:
     return fig
 
 
+def _reliability(calibration: dict, label: str, n: int) -> plt.Figure:
+    bins = calibration["bins"]
+    lower = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] for b in bins]) - lower
+    counts = np.array([b["count"] for b in bins])
+    filled = counts > 0
+    accuracy = np.array([b["accuracy"] or 0.0 for b in bins])
+    confidence = np.array([np.nan if b["confidence"] is None else b["confidence"] for b in bins])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6.2), sharex=True, height_ratios=(3, 1.2), layout="constrained")
+    top.bar(
+        lower[filled],
+        accuracy[filled],
+        width[filled],
+        align="edge",
+        color="tab:blue",
+        edgecolor="white",
+        label="accuracy of the bin",
+    )
+    # The gap between a bar and its mean confidence is the bin's miscalibration (above the bar: overconfident).
+    top.bar(
+        lower[filled],
+        confidence[filled] - accuracy[filled],
+        width[filled],
+        bottom=accuracy[filled],
+        align="edge",
+        facecolor="none",
+        edgecolor="tab:red",
+        hatch="///",
+        linewidth=0.8,
+        label="gap to the mean confidence",
+    )
+    top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.yaxis.set_major_formatter(PercentFormatter(1.0))
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=SMALL)
+    top.set_title(f"{label}: reliability diagram, test split\nECE {calibration['ece']:.3f} ({len(bins)} bins), n = {n}")
+    bottom.bar(lower, counts, width, align="edge", color="0.55", edgecolor="white")
+    for x, w, count in zip(lower[filled], width[filled], counts[filled]):
+        bottom.text(x + w / 2, count, str(count), ha="center", va="bottom", fontsize=SMALL)
+    bottom.set_ylim(0, max(counts.max(initial=0), 1) * 1.25)
+    bottom.set_ylabel("images")
+    bottom.set_xlabel("top-1 confidence")
+    bottom.xaxis.set_major_formatter(PercentFormatter(1.0))
+    return fig
+
+
 def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Writes training curves, the row-normalised test confusion matrix and per-class test accuracy.
 
@@ -123,7 +173,8 @@ def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_d
         out_dir: folder for the files (created).
 
     Returns:
-        ``training_curves.png/.csv``, ``confusion_matrix.png/.npz``, ``per_class_accuracy.png/.csv``.
+        ``training_curves.png/.csv``, ``confusion_matrix.png/.npz``, ``per_class_accuracy.png/.csv``,
+        ``reliability.png/.csv``.
     """
     metrics_path = Path(metrics_path)
     if not metrics_path.is_file():
@@ -137,6 +188,8 @@ def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_d
     test = json.loads(metrics_path.read_text()).get("splits", {}).get("test")
     if test is None:
         raise ArtifactError(f"metrics file {str(metrics_path)!r} has no test split; rerun the evaluate step")
+    if "calibration" not in test:
+        raise ArtifactError(f"metrics file {str(metrics_path)!r} has no calibration; rerun the evaluate step")
     classes = checkpoint["classes"]
     counts = np.asarray(test["confusion_matrix"], dtype=np.int64)
     if counts.shape != (len(classes), len(classes)):
@@ -169,6 +222,8 @@ def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_d
         save_arrays(out_dir / "confusion_matrix.npz", counts=counts, normalised=normalised, classes=classes),
         save_figure(_per_class(table, label, test["top1"]), out_dir / "per_class_accuracy.png"),
         save_text(out_dir / "per_class_accuracy.csv", table.to_csv(index=False)),
+        save_figure(_reliability(test["calibration"], label, test["n"]), out_dir / "reliability.png"),
+        save_text(out_dir / "reliability.csv", pd.DataFrame(test["calibration"]["bins"]).to_csv(index=False)),
     ]
 
 

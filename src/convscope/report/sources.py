@@ -32,7 +32,7 @@ from PIL import Image
 
 from convscope import paths
 from convscope.cam import METHOD_NAMES
-from convscope.contracts import Checkpoint, Explanations, Failures, Metrics
+from convscope.contracts import Agreement, Checkpoint, Explanations, Failures, Metrics
 from convscope.errors import ReportError
 from convscope.figures import FAMILIES, Family
 
@@ -56,7 +56,7 @@ PACKAGES = (
 FEATURE_MAP_FIGURES = 2  # per model in the body; the rest stay in figures/{model}/feature_maps/
 MAX_LISTED_CLASSES = 30
 MAX_INLINE_SKIPPED = 5  # skipped files named in the dataset section; more go to the appendix
-GENERATED = ("comparison.qmd", "dataset.qmd", "models.qmd", "appendix.qmd")  # each from templates/<name>.j2
+GENERATED = ("comparison.qmd", "dataset.qmd", "models.qmd", "agreement.qmd", "appendix.qmd")  # from templates/<name>.j2
 SATURATED_INSERTION = 0.9  # random-map insertion AUC above which the insertion metric says nothing
 # Families with a block of their own in templates/models.qmd.j2; any other family gets templates/family.qmd.j2.
 HAND_WRITTEN = frozenset({"architecture", "filters", "feature_maps", "training", "gradcam", "failures"})
@@ -209,13 +209,20 @@ class FigureCopier:
         source = model.figures / name
         if not source.is_file():
             return f"*No {md(source.name)} was drawn for this model.*\n"
-        relative = Path("figures", model.name, source.parent.name, source.name)
+        return self.copy(source, Path("figures", model.name, source.parent.name), f"{model.slug}-{label}", caption)
+
+    def copy(self, source: Path, folder: Path, label: str, caption: str) -> str:
+        """The Markdown of the figure ``source`` (copied to ``folder`` of the generated folder, ``#fig-<label>``),
+        or a note when missing."""
+        if not source.is_file():
+            return f"*No {md(source.name)} was drawn.*\n"
+        relative = folder / source.name
         (self.out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, self.out_dir / relative)
         with Image.open(source) as image:
             aspect = image.height / image.width
         width = min(100, round(100 * MAX_HEIGHT_SHARE * TEXT_ASPECT / aspect))
-        return f"![{caption}]({self.final_name}/{relative.as_posix()}){{#fig-{model.slug}-{label} width={width}%}}\n"
+        return f"![{caption}]({self.final_name}/{relative.as_posix()}){{#fig-{label} width={width}%}}\n"
 
 
 def templates(folder: Path, figure: FigureCopier) -> jinja2.Environment:
@@ -252,6 +259,7 @@ def comparison_rows(models: Sequence[ModelArtifacts]) -> list[list[object]]:
                 percent(val["top5"]),
                 percent(test["top1"]),
                 percent(test["top5"]),
+                score(test["calibration"]["ece"]),
                 duration(m.train_seconds),
             ]
         )
@@ -387,6 +395,12 @@ def score(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def calibration_data(m: ModelArtifacts) -> dict[str, Any]:
+    """The expected calibration error on validation and test, and the number of confidence bins."""
+    val, test = m.metrics["splits"]["val"]["calibration"], m.metrics["splits"]["test"]["calibration"]
+    return {"val": score(val["ece"]), "test": score(test["ece"]), "bins": len(test["bins"])}
+
+
 def explanations_data(m: ModelArtifacts) -> dict[str, Any]:
     """Localisation, faithfulness and sanity check of each CAM method, beside their baselines."""
     report = m.explanations
@@ -472,6 +486,40 @@ def other_families(m: ModelArtifacts) -> list[dict[str, Any]]:
     return [family_data(m, family) for name, family in FAMILIES.items() if name not in HAND_WRITTEN]
 
 
+def agreement_data(workdir: Path, figure: FigureCopier) -> dict[str, Any]:
+    """The cross-model section: each pair's agreement, the means and the side-by-side figure, or why it is skipped."""
+    path = workdir / paths.AGREEMENT
+    if not path.is_file():
+        return {"skipped": f"no {code(paths.AGREEMENT)} was built"}
+    report: Agreement = json.loads(path.read_text())
+    if report["skipped"]:
+        return {"skipped": md(report["skipped"])}
+    rows = [
+        [
+            " and ".join(md(name) for name in pair["models"]),
+            pair["n"],
+            score(pair["mean_spearman"]),
+            percent(pair["pointing_agreement"]),
+        ]
+        for pair in report["pairs"]
+    ]
+    if len(rows) > 1:
+        n = sum(pair["n"] for pair in report["pairs"])
+        rows.append(["*all pairs*", n, score(report["mean_spearman"]), percent(report["pointing_agreement"])])
+    source = workdir / paths.COMPARISON_FIGURES / "agreement.png"
+    caption = "Each model's heatmap of the same test images at its deepest layer (rows: images; columns: models)"
+    return {
+        "skipped": None,
+        "report": report,
+        "method": md(METHOD_NAMES.get(report["method"], report["method"])),
+        "layers": ", ".join(f"{md(name)} at {code(layer)}" for name, layer in report["layers"].items()),
+        "images": len(report["sample_indices"]),
+        "undefined": sum(pair["undefined"] for pair in report["pairs"]),
+        "rows": rows,
+        "figure": figure.copy(source, Path("figures", "comparison"), "agreement", caption),
+    }
+
+
 def model_data(m: ModelArtifacts) -> dict[str, Any]:
     """Everything one model's section shows, per family."""
     return {
@@ -482,6 +530,7 @@ def model_data(m: ModelArtifacts) -> dict[str, Any]:
         "filters": filters_data(m),
         "feature_maps": feature_maps_data(m),
         "failures": failures_data(m),
+        "calibration": calibration_data(m),
         "explanations": explanations_data(m),
         "other_families": other_families(m),
     }
@@ -621,9 +670,11 @@ def write_sources(
     # Written beside the target and swapped in at the end: a failure leaves no half-generated folder.
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".generated-"))
     try:
-        env = templates(templates_dir, FigureCopier(tmp, out_dir.name))
+        figure = FigureCopier(tmp, out_dir.name)
+        env = templates(templates_dir, figure)
         context = {
             "models": [model_data(m) for m in models],
+            "agreement": agreement_data(workdir, figure),
             "comparison": comparison_rows(models),
             "data": dataset_data(index, config["dataset"]),
             "appendix": appendix_data(
