@@ -72,10 +72,7 @@ def _agreement_figure(found: Found, cmap: str, alpha: float) -> Figure:
                 fontsize=drawing.SMALL,
                 color="black" if predicted == label else "firebrick",
             )
-    axes[0, 0].set_title("input", fontsize=9)
-    for col, name in enumerate(names, start=1):
-        axes[0, col].set_title(f"{name}\nat {report['layers'][name]}", fontsize=9)
-    drawing.cam_colorbar(fig, axes[:, 1:], cmap)
+    drawing.title_cam_grid(fig, axes, [f"{name}\nat {report['layers'][name]}" for name in names], cmap)
     return fig
 
 

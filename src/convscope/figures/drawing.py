@@ -145,6 +145,15 @@ def clear_axes(ax: Axes) -> None:
         spine.set_visible(False)
 
 
+def title_cam_grid(fig: Figure, axes: np.ndarray, titles: list[str], cmap: str, fontsize: float = 9) -> None:
+    """Heads a grid whose first column shows the inputs and the others heatmaps: "input", then ``titles``, and
+    one colour bar for the heatmaps."""
+    axes[0, 0].set_title("input", fontsize=fontsize)
+    for col, title in enumerate(titles, start=1):
+        axes[0, col].set_title(title, fontsize=fontsize)
+    cam_colorbar(fig, axes[:, 1:], cmap)
+
+
 def cam_colorbar(fig: Figure, axes: np.ndarray, cmap: str) -> None:
     """One colour bar for every heatmap of the figure (all maps share the [0, 1] scale)."""
     bar = fig.colorbar(

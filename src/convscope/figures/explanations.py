@@ -196,9 +196,7 @@ def _sanity_maps_figure(
                 rho, similarity = s.spearman[step, e].item(), s.ssim[step, e].item()
                 header = f"+{steps[step]} ({step + 1}/{len(steps)})\n" if row == 0 else ""
                 axes[row, col].set_title(f"{header}ρ={rho:.2f} SSIM={similarity:.2f}", fontsize=drawing.SMALL)
-    axes[0, 0].set_title("input", fontsize=drawing.SMALL)
-    axes[0, 1].set_title("trained", fontsize=drawing.SMALL)
-    drawing.cam_colorbar(fig, axes[:, 1:], cmap)
+    drawing.title_cam_grid(fig, axes, ["trained"], cmap, fontsize=drawing.SMALL)
     return fig
 
 

@@ -63,11 +63,9 @@ def _layers_figure(
             drawing.draw_cam(
                 axes[row, col], image, result.maps[layer][row].numpy(), bool(result.flags[layer][row]), cmap, alpha
             )
-    axes[0, 0].set_title("input", fontsize=9)
-    for col, layer in enumerate(layers, start=1):
-        count = result.flag_count(layer)
-        axes[0, col].set_title(layer + (f"\n{drawing.plural(count, 'blank map')}" if count else ""), fontsize=9)
-    drawing.cam_colorbar(fig, axes[:, 1:], cmap)
+    counts = [result.flag_count(layer) for layer in layers]
+    titles = [layer + (f"\n{drawing.plural(n, 'blank map')}" if n else "") for layer, n in zip(layers, counts)]
+    drawing.title_cam_grid(fig, axes, titles, cmap)
     return fig
 
 
