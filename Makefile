@@ -35,6 +35,8 @@ lock:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gradcam.py
 	$(BIN)/python benchmarks/bench_explain.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_imports.py
 
 ## clean: remove everything the build generated (datasets you put under data/raw/ stay)
 clean:
