@@ -1,9 +1,9 @@
 """The profiles of config/examples/ run end to end as shipped, on tiny datasets fabricated in the real formats.
 
-Only what a tiny run needs is overridden (dataset root, epochs, batch sizes, figure image counts): the
-architectures, weights, input sizes and preprocessing are the shipped ones. The ImageNet weights are randomly
-initialised 1000-class torchvision models saved as state dicts (the format of torchvision's files) under the
-file names the profiles expect, in a TORCH_HOME of the test's own.
+Only what a tiny run needs is overridden (dataset root, epochs, batch sizes, figure image counts, the
+explanation metrics' sizes): the architectures, weights, input sizes and preprocessing are the shipped ones.
+The ImageNet weights are randomly initialised 1000-class torchvision models saved as state dicts (the format
+of torchvision's files) under the file names the profiles expect, in a TORCH_HOME of the test's own.
 """
 
 from __future__ import annotations
@@ -81,6 +81,11 @@ def changed_keys(before, after, prefix: str = "") -> set[str]:
     ):
         return set().union(*(changed_keys(b, a, f"{prefix}[*]") for b, a in zip(before, after)))
     return set() if before == after else {prefix}
+
+
+# The explanation job at its defaults (three methods, 16 steps, ROAD on 10 images: one sparse solve per image,
+# fraction and order at 224-299 px) would take most of a profile's build; tests/test_explain.py covers the metrics.
+TINY_EXPLANATIONS = {"methods": ["gradcam"], "steps": 4, "road_images": 1}
 
 
 def build(workdir: Path, profile: dict, torch_home: Path, targets: tuple[str, ...] = ()) -> None:
@@ -181,12 +186,14 @@ def cifar_build(tmp_path_factory):
     tiny["figures"]["gradcam"]["num_images"] = 3
     # One epoch on 50 images may classify no test image correctly; tests/test_figures_cam.py covers correct_only.
     tiny["figures"]["gradcam"]["correct_only"] = False
+    tiny["explanations"] = TINY_EXPLANATIONS
     assert changed_keys(profile, tiny) == {
         "dataset.root",
         "models[*].epochs",
         "models[*].batch_size",
         "figures.gradcam.num_images",
         "figures.gradcam.correct_only",
+        "explanations",
     }
     build(tmp / "work", tiny, tmp / "torch")
     return tmp / "work", saved
@@ -242,12 +249,14 @@ def caltech_build(tmp_path_factory):
         model.update(epochs=1, batch_size=4)
     tiny["figures"]["gradcam"]["num_images"] = 3
     tiny["figures"]["feature_maps"]["num_images"] = 1
+    tiny["explanations"] = TINY_EXPLANATIONS
     assert changed_keys(profile, tiny) == {
         "dataset.root",
         "models[*].epochs",
         "models[*].batch_size",
         "figures.gradcam.num_images",
         "figures.feature_maps.num_images",
+        "explanations",
     }
     build(tmp / "work", tiny, tmp / "torch")
     return tmp / "work", saved
@@ -312,8 +321,7 @@ def caltech_gray_build(tmp_path_factory):
     tiny["models"][0].update(epochs=1, batch_size=4)
     tiny["figures"]["gradcam"]["num_images"] = 2
     tiny["figures"]["feature_maps"]["num_images"] = 1
-    # The explanation job at its defaults (three methods, 16 steps) would take half the build: one method, 4 steps.
-    tiny["explanations"] = {"methods": ["gradcam"], "steps": 4}
+    tiny["explanations"] = TINY_EXPLANATIONS
     assert changed_keys(profile, tiny) == {
         "dataset.root",
         "models[*].epochs",
