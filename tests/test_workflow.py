@@ -234,8 +234,9 @@ def test_a_deleted_output_is_rebuilt_with_what_depends_on_it(built, tmp_path):
             planned = planned_jobs(built)
         finally:
             shutil.move(tmp_path / "kept", built / path)
-        if path.endswith("history.json"):  # retraining reruns everything of that model
+        if path.endswith("history.json"):  # retraining reruns everything of that model, and the model comparison
             jobs = [*jobs, "evaluate second", "explain second", *(f"figures second/{f}" for f in FAMILIES)]
+            jobs.append("compare_models")
         assert planned == sorted(["all", *jobs, *REPORT_JOBS]), path
 
 
