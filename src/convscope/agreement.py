@@ -30,7 +30,6 @@ maximum; an image counts in a pair's means only where both maps are defined (``n
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +46,12 @@ from convscope.data import sample_indices
 from convscope.errors import ArtifactError, ConfigError
 from convscope.evaluation import open_model_and_split
 from convscope.explain import pointing_game, spearman, tolerance_pixels, undefined_maps
+from convscope.io import json_number
 from convscope.models import default_cam_layers, find_layers
 from convscope.training import load_checkpoint
 
 SCHEMA_VERSION = 1
-DECIMALS = 4
 FIELD_OF_VIEW_TOLERANCE = 0.02  # relative: 224/256 and 299/342 (the Caltech profile) keep the same part
-
-
-def _number(value: float) -> float | None:
-    return None if not math.isfinite(value) else round(float(value), DECIMALS)
 
 
 def field_of_view(config: ModelConfig) -> float:
@@ -105,10 +100,10 @@ def _pair(names: tuple[str, str], rho: np.ndarray, pointing: np.ndarray) -> Pair
     defined = np.isfinite(rho) & np.isfinite(pointing)
     return {
         "models": list(names),
-        "spearman": [_number(v) for v in rho],
-        "pointing": [_number(v) for v in pointing],
-        "mean_spearman": _number(rho[defined].mean()) if defined.any() else None,
-        "pointing_agreement": _number(pointing[defined].mean()) if defined.any() else None,
+        "spearman": [json_number(v) for v in rho],
+        "pointing": [json_number(v) for v in pointing],
+        "mean_spearman": json_number(rho[defined].mean()) if defined.any() else None,
+        "pointing_agreement": json_number(pointing[defined].mean()) if defined.any() else None,
         "n": int(defined.sum()),
         "undefined": int((~defined).sum()),
     }
@@ -132,8 +127,8 @@ def agreement_of(maps: Mapping[str, Tensor], tolerance: float) -> tuple[list[Pai
         pooled["pointing"].append(pointing[defined])
     values = {key: np.concatenate(arrays) if arrays else np.empty(0) for key, arrays in pooled.items()}
     means = {
-        "mean_spearman": _number(values["spearman"].mean()) if len(values["spearman"]) else None,
-        "pointing_agreement": _number(values["pointing"].mean()) if len(values["pointing"]) else None,
+        "mean_spearman": json_number(values["spearman"].mean()) if len(values["spearman"]) else None,
+        "pointing_agreement": json_number(values["pointing"].mean()) if len(values["pointing"]) else None,
     }
     return pairs, means
 
@@ -203,7 +198,7 @@ def compute_agreement(
         "method": method,
         "layers": {},
         "input_sizes": {name: c.input_size for name, c in configs.items()},
-        "field_of_view": {name: round(field_of_view(c), DECIMALS) for name, c in configs.items()},
+        "field_of_view": {name: json_number(field_of_view(c)) for name, c in configs.items()},
         "size": None,
         "tolerance_px": None,
         "sample_indices": [],
@@ -248,7 +243,7 @@ def compute_agreement(
     pairs, means = agreement_of(found.maps, tolerance)
     report.update(
         size=size,
-        tolerance_px=round(tolerance, DECIMALS),
+        tolerance_px=json_number(tolerance),
         sample_indices=list(indices),
         labels=[labels[i] for i in indices],
         pairs=pairs,

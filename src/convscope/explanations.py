@@ -54,7 +54,6 @@ maps) and the baselines' ``pointing_centre``/``energy_centre``/``pointing_random
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +86,11 @@ from convscope.explain import (
     summary,
     tolerance_pixels,
 )
+from convscope.io import json_number
 from convscope.models import default_cam_layers, find_layers
 from convscope.transforms import eval_mask
 
 SCHEMA_VERSION = 1
-DECIMALS = 4
 GROUPS = ("all", "correct", "misclassified")
 BASELINES = ("centre", "random")
 EXAMPLES = 2  # images whose randomised maps are kept for the sanity figure
@@ -110,11 +109,6 @@ class Explanations:
     sanity: dict[str, Sanity]
     baseline: Curves
     maps: dict[str, object]  # maps.npz: the sample's maps of every method at every layer
-
-
-def _number(value: float | None) -> float | None:
-    """A JSON number rounded to DECIMALS, None for NaN; ``+ 0.0`` turns -0.0 into 0.0."""
-    return None if value is None or not math.isfinite(value) else round(float(value), DECIMALS) + 0.0
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -213,8 +207,8 @@ def _groups(pointing: np.ndarray, energy: np.ndarray, correct: np.ndarray) -> di
     for group, rows in zip(GROUPS, (np.ones_like(correct), correct, ~correct)):
         defined = np.isfinite(pointing[rows])
         out[group] = {
-            "pointing_game": _number(summary(pointing[rows])["mean"]),
-            "energy": _number(summary(energy[rows])["mean"]),
+            "pointing_game": json_number(summary(pointing[rows])["mean"]),
+            "energy": json_number(summary(energy[rows])["mean"]),
             "n": int(defined.sum()),
             "flagged": int((~defined).sum()),
         }
@@ -237,10 +231,10 @@ def _localisation_report(scores: dict[str, np.ndarray], method: str, layers: lis
 def _faithfulness_report(curves: Curves, undefined: torch.Tensor, baseline: Curves, steps: int) -> dict:
     defined = ~undefined
     return {
-        "deletion_auc": _number(curves.deletion_auc[defined].mean()),
-        "insertion_auc": _number(curves.insertion_auc[defined].mean()),
-        "random_deletion_auc": _number(baseline.deletion_auc.mean()),
-        "random_insertion_auc": _number(baseline.insertion_auc.mean()),
+        "deletion_auc": json_number(curves.deletion_auc[defined].mean()),
+        "insertion_auc": json_number(curves.insertion_auc[defined].mean()),
+        "random_deletion_auc": json_number(baseline.deletion_auc.mean()),
+        "random_insertion_auc": json_number(baseline.insertion_auc.mean()),
         "n": int(defined.sum()),
         "flagged": int(undefined.sum()),
         "steps": steps,
@@ -250,11 +244,11 @@ def _faithfulness_report(curves: Curves, undefined: torch.Tensor, baseline: Curv
 def _road_report(road_: Road, undefined: torch.Tensor, baseline: Road) -> dict:
     defined = ~undefined
     return {
-        "morf": _number(road_.morf[defined].mean()),
-        "lerf": _number(road_.lerf[defined].mean()),
-        "random_morf": _number(baseline.morf.mean()),
-        "random_lerf": _number(baseline.lerf.mean()),
-        "fractions": [_number(f) for f in road_.fractions.tolist()],
+        "morf": json_number(road_.morf[defined].mean()),
+        "lerf": json_number(road_.lerf[defined].mean()),
+        "random_morf": json_number(baseline.morf.mean()),
+        "random_lerf": json_number(baseline.lerf.mean()),
+        "fractions": [json_number(f) for f in road_.fractions.tolist()],
         "noise": ROAD_NOISE,
         "n": int(defined.sum()),
         "flagged": int(undefined.sum()),
@@ -264,8 +258,8 @@ def _road_report(road_: Road, undefined: torch.Tensor, baseline: Road) -> dict:
 def _sanity_report(sanity: Sanity) -> dict:
     return {
         "steps": sanity.steps,
-        "spearman": [_number(v) for v in sanity.mean_spearman.tolist()],
-        "ssim": [_number(v) for v in sanity.mean_ssim.tolist()],
+        "spearman": [json_number(v) for v in sanity.mean_spearman.tolist()],
+        "ssim": [json_number(v) for v in sanity.mean_ssim.tolist()],
         "n": int((~sanity.undefined).sum()),
         "flagged": int(sanity.undefined.sum()),
         "passes": sanity.passes,
@@ -337,7 +331,7 @@ def compute_explanations(
         "sample_indices": sample,
         "steps": steps,
         "seed": seed,
-        "tolerance_px": _number(tolerance_pixels(side)) if has_masks else None,
+        "tolerance_px": json_number(tolerance_pixels(side)) if has_masks else None,
         "sanity_threshold": SANITY_THRESHOLD,
         "methods": {},
     }

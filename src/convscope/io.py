@@ -7,6 +7,7 @@ temporary file behind (a half-written ``tmp*.tmp`` would keep a full disk full).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -14,6 +15,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from convscope.errors import ArtifactError
+
+
+def json_number(value: float | None, decimals: int = 4) -> float | None:
+    """A float for a JSON report: rounded to ``decimals`` so clean builds write identical files, None for a missing
+    value or NaN/inf (JSON has neither), and ``+ 0.0`` turns -0.0 into 0.0."""
+    return None if value is None or not math.isfinite(value) else round(float(value), decimals) + 0.0
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
