@@ -31,22 +31,11 @@ import torchvision
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from convscope import explain
-from convscope.cam import GRADIENT_METHODS, METHOD_NAMES, METHODS, cams, grad_cam
+from convscope.cam import GRADIENT_METHODS, METHOD_NAMES, METHODS, REFERENCE_CLASSES, cams, grad_cam
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 RUNS = {"resnet18": (72, 32), "resnet50": (224, 4)}  # arch: (input side, batch)
-REFERENCE = {
-    "gradcam": pgc.GradCAM,
-    "gradcam++": pgc.GradCAMPlusPlus,
-    "xgradcam": pgc.XGradCAM,
-    "hirescam": pgc.HiResCAM,
-    "gradcam-elementwise": pgc.GradCAMElementWise,
-    "layercam": pgc.LayerCAM,
-    "eigengradcam": pgc.EigenGradCAM,
-    "eigencam": pgc.EigenCAM,
-    "scorecam": pgc.ScoreCAM,
-    "ablationcam": pgc.AblationCAM,
-}
+REFERENCE = {method: getattr(pgc, name) for method, name in REFERENCE_CLASSES.items()}
 PERTURBATION_BATCH = 2  # images for Score-CAM and Ablation-CAM (512 forwards each at layer4)
 
 

@@ -155,6 +155,7 @@ def explanation_settings(wildcards):
     layers = settings["layers"].get(wildcards.model)
     settings["layers"] = None if layers is None else list(layers)
     settings["batch_size"] = CONFIG.runtime.eval_batch_size
+    settings["precision"] = CONFIG.runtime.precision
     # Heatmaps look alike in every figure: the colour map and opacity are the Grad-CAM figures' ones.
     settings["cmap"], settings["alpha"] = (
         CONFIG.figures.gradcam.cmap,

@@ -19,7 +19,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, 
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
 from torch import nn
 
-from convscope.cam import GRADIENT_METHODS, METHODS, cams, grad_cam
+from convscope.cam import GRADIENT_METHODS, METHODS, REFERENCE_CLASSES, cams, grad_cam
 from convscope.explain import ROAD_FRACTIONS, impute, removal_masks, road
 
 TOL = 1e-4
@@ -35,17 +35,10 @@ class SignedEigenGradCAM(pgc.EigenGradCAM):
         return get_2d_projection_with_sign_correction(grads * activations)
 
 
-REFERENCE = {
-    "gradcam": pgc.GradCAM,
-    "gradcam++": pgc.GradCAMPlusPlus,
-    "xgradcam": pgc.XGradCAM,
-    "hirescam": pgc.HiResCAM,
-    "gradcam-elementwise": pgc.GradCAMElementWise,
-    "layercam": pgc.LayerCAM,
+# EigenCAM and EigenGrad-CAM with the sign rule the engine uses (see the module docstring).
+REFERENCE = {method: getattr(pgc, name) for method, name in REFERENCE_CLASSES.items()} | {
     "eigengradcam": SignedEigenGradCAM,
     "eigencam": SignedEigenCAM,
-    "scorecam": pgc.ScoreCAM,
-    "ablationcam": pgc.AblationCAM,
 }
 CHEAP = [m for m in METHODS if m not in ("scorecam", "ablationcam")]
 
@@ -182,3 +175,15 @@ def test_road_removes_the_ranked_share_and_noise_is_seeded():
     torch.testing.assert_close(filled[0, :, y, x], (filled[0, :, y - 1 : y + 2, x - 1 : x + 2] * weights).sum((1, 2)))
     noisy = [impute(images, holes, 0.01, torch.Generator().manual_seed(0)) for _ in range(2)]
     assert torch.equal(noisy[0], noisy[1]) and 0 < (noisy[0] - filled).abs().max() < 0.1
+
+
+def test_the_config_offers_every_method_of_the_engine_for_figures_and_metrics():
+    from convscope.config import load_config, schema
+
+    figures = schema()["properties"]["figures"]["properties"]["gradcam"]["properties"]["method"]["enum"]
+    metrics = schema()["properties"]["explanations"]["properties"]["methods"]["items"]["enum"]
+    assert figures == metrics == list(METHODS)
+    config = load_config(
+        {"models": [{"name": "r", "arch": "resnet18"}], "figures": {"gradcam": {"method": "hirescam"}}}
+    )
+    assert config.figures.gradcam.method == "hirescam"

@@ -16,7 +16,8 @@ import torch
 from conftest import tiny_config
 from torch import nn
 
-from convscope import explain
+from convscope import explain, runtime
+from convscope.config import RuntimeConfig
 from convscope.data import ArraySource
 from convscope.errors import UserError
 from convscope.evaluation import open_model_and_split
@@ -52,7 +53,7 @@ SUMMARY_KEYS = {"pointing_game", "energy", "n", "flagged"}
 def trained(tiny_index, tmp_path_factory) -> dict:
     """resnet18 at 32 px trained for 2 epochs on the tiny shapes set (layer4 is 1×1 there, so tests use layer3)."""
     path = tmp_path_factory.mktemp("trained") / "checkpoint.pt"
-    train_model(tiny_config(), tiny_index, path, device="cpu", threads=1)
+    train_model(tiny_config(), tiny_index, path, RuntimeConfig.defaults(device="cpu"), threads=1)
     return {"checkpoint": path, "model": model_from_checkpoint(load_checkpoint(path))}
 
 
@@ -312,6 +313,24 @@ def test_cascading_randomisation_destroys_the_maps_of_a_trained_model(trained, t
 # --- the figure family -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not runtime.cpu_has_native_bf16(), reason="this CPU emulates bf16")
+def test_perturbed_images_scored_in_bf16_give_the_fp32_scores_closely(trained, tiny_index):
+    from convscope.evaluation import open_model_and_split
+    from convscope.explain import road
+
+    _, model, source = open_model_and_split(trained["checkpoint"], tiny_index, "test")
+    x = torch.stack([source[i][0] for i in range(8)])
+    maps = random_maps(8, 32, 32, seed=1)
+    targets = model(x).argmax(1)
+    fp32, bf16 = (deletion_insertion(model, x, maps, targets, steps=8, precision=p) for p in ("fp32", "bf16"))
+    assert not torch.equal(fp32.deletion, bf16.deletion)  # bf16 did run
+    torch.testing.assert_close(bf16.deletion_auc, fp32.deletion_auc, atol=0.02, rtol=0)
+    torch.testing.assert_close(bf16.insertion_auc, fp32.insertion_auc, atol=0.02, rtol=0)
+    fp32, bf16 = (road(model, x, maps, targets, precision=p) for p in ("fp32", "bf16"))
+    torch.testing.assert_close(bf16.morf, fp32.morf, atol=0.03, rtol=0)
+    assert bf16.morf.dtype == torch.float32
+
+
 def render(trained: dict, index_path, folder, **settings) -> tuple[list, dict]:
     options = {"layers": ["layer2", "layer3"], "num_images": 5, "road_images": 3, "steps": 4} | settings
     paths = render_explanations(trained["checkpoint"], index_path, folder, folder / "explanations.json", **options)
@@ -348,6 +367,7 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
         "steps": 4,
         "seed": 0,
     }
+    assert report["precision"] == runtime.pick_precision("auto", torch.device("cpu"), trained["model"], backward=False)
     assert (
         report["tolerance_px"] == pytest.approx(15 * 32 / 224, abs=1e-4)
         and report["sanity_threshold"] == SANITY_THRESHOLD

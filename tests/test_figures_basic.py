@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.config import load_config
+from convscope.config import RuntimeConfig, load_config
 from convscope.data import open_split, prepare_dataset
 from convscope.errors import UserError
 from convscope.evaluation import calibration, evaluate_model, load_model
@@ -232,7 +232,12 @@ def test_unknown_feature_layer_is_named(checkpoints, index, tmp_path):
 def test_training_figures_from_real_metrics(arch, checkpoints, index, tmp_path):
     metrics = tmp_path / "metrics.json"
     evaluate_model(
-        checkpoints[arch], index, metrics, tmp_path / "predictions.csv", tmp_path / "timings.json", device="cpu"
+        checkpoints[arch],
+        index,
+        metrics,
+        tmp_path / "predictions.csv",
+        tmp_path / "timings.json",
+        RuntimeConfig.defaults(device="cpu"),
     )
     files = render_training(checkpoints[arch], metrics, tmp_path / "figs")
     assert [f.name for f in files] == [

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from convscope.cam import grad_cam
-from convscope.config import ModelConfig, load_config
+from convscope.config import ModelConfig, RuntimeConfig, load_config
 from convscope.data import ArraySource, ImageSource, open_split, prepare_dataset, read_index, sample_indices, shapes
 from convscope.errors import UserError
 from convscope.evaluation import evaluate_model
@@ -84,7 +84,14 @@ def make_checkpoint(
         checkpoint,
     )
     predictions = folder / "predictions.csv"
-    evaluate_model(checkpoint, index_path, folder / "metrics.json", predictions, folder / "timings.json", device="cpu")
+    evaluate_model(
+        checkpoint,
+        index_path,
+        folder / "metrics.json",
+        predictions,
+        folder / "timings.json",
+        RuntimeConfig.defaults(device="cpu"),
+    )
     return checkpoint, predictions
 
 

@@ -3,6 +3,7 @@ import torch
 from conftest import tiny_config
 
 from convscope import runtime, training
+from convscope.config import RuntimeConfig
 from convscope.evaluation import evaluate_model
 from convscope.training import TrainingError, load_checkpoint, train_model
 
@@ -53,8 +54,9 @@ def test_training_is_deterministic_and_writes_the_contract(tiny_index, tmp_path)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_depthwise_models_train_deterministically_in_channels_last(tiny_index, tmp_path, precision):
     config = tiny_config(arch="mobilenet_v3_small", epochs=1)
-    first = train_model(config, tiny_index, tmp_path / "a/checkpoint.pt", threads=2, precision=precision)
-    second = train_model(config, tiny_index, tmp_path / "b/checkpoint.pt", threads=2, precision=precision)
+    run = RuntimeConfig.defaults(precision=precision)
+    first = train_model(config, tiny_index, tmp_path / "a/checkpoint.pt", run, threads=2)
+    second = train_model(config, tiny_index, tmp_path / "b/checkpoint.pt", run, threads=2)
     assert first["runtime"] == {"device": "cpu", "precision": precision, "channels_last": True, "workers": 0}
     assert states_equal(first["state_dict"], second["state_dict"])
     assert all(v.is_contiguous() for v in first["state_dict"].values())

@@ -5,7 +5,7 @@ from convscope.config import RuntimeConfig
 
 runtime = RuntimeConfig.from_dict(snakemake.params.runtime)
 out, inp = snakemake.output, snakemake.input
-step = lambda: evaluation.evaluate(
-    runtime, inp.index, inp.checkpoint, out.metrics, out.predictions, out.timings, snakemake.threads
+step = lambda: evaluation.evaluate_model(
+    inp.checkpoint, inp.index, out.metrics, out.predictions, out.timings, runtime, snakemake.threads
 )
 sys.exit(jobs.guarded(step, out, snakemake.log[0]))

@@ -43,6 +43,19 @@ METHOD_NAMES = {
     "scorecam": "Score-CAM",
     "ablationcam": "Ablation-CAM",
 }
+# The pytorch-grad-cam 1.5.7 class each method reproduces (tests/test_cam_methods.py holds them equal).
+REFERENCE_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "gradcam-elementwise": "GradCAMElementWise",
+    "layercam": "LayerCAM",
+    "eigengradcam": "EigenGradCAM",
+    "eigencam": "EigenCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+}
 
 
 def shape_of(value: object) -> str:

@@ -56,15 +56,15 @@ def main(argv: list[str] | None = None) -> int:
                 train(model, config.runtime, index, files["CHECKPOINT"], files["HISTORY"], args.threads)
             else:
                 outputs.extend([files["METRICS"], files["PREDICTIONS"], files["TIMINGS"]])
-                from convscope.evaluation import evaluate
+                from convscope.evaluation import evaluate_model
 
-                evaluate(
-                    config.runtime,
-                    index,
+                evaluate_model(
                     files["CHECKPOINT"],
+                    index,
                     files["METRICS"],
                     files["PREDICTIONS"],
                     files["TIMINGS"],
+                    config.runtime,
                     args.threads,
                 )
 

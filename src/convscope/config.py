@@ -87,6 +87,16 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def validate_section(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """One top-level section of the configuration, validated, with every default filled in."""
+    section = schema()["properties"][name]
+    resolved = copy.deepcopy(values)
+    errors = list(_Validator(section).iter_errors(resolved))
+    if errors:
+        raise ConfigError(_one_line(jsonschema.exceptions.best_match(errors)))
+    return resolved
+
+
 @dataclass(frozen=True)
 class Frozen:
     """Base of the typed config sections: built from a validated dict, immutable."""
@@ -169,6 +179,11 @@ class RuntimeConfig(Frozen):
     precision: str
     workers: str | int
     deterministic: bool
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> RuntimeConfig:
+        """The schema's ``runtime`` defaults, with ``overrides`` (for calls from Python rather than a config)."""
+        return cls.from_dict(validate_section("runtime", overrides))
 
 
 @dataclass(frozen=True)

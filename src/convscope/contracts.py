@@ -168,6 +168,7 @@ class Explanations(TypedDict):
     sample_indices: list[int]
     steps: int
     seed: int
+    precision: str  # autocast of the forward passes that score perturbed images (deletion, insertion, ROAD)
     tolerance_px: float | None
     sanity_threshold: float
     methods: dict[str, MethodReport]

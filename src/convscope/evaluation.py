@@ -119,11 +119,8 @@ def evaluate_model(
     metrics_path: str | Path,
     predictions_path: str | Path,
     timings_path: str | Path,
-    device: str = "auto",
+    run: RuntimeConfig | None = None,
     threads: int | None = None,
-    batch_size: int = 128,
-    workers: str | int = "auto",
-    deterministic: bool = True,
 ) -> Metrics:
     """Evaluates a checkpoint on the val and test splits and writes metrics, predictions and timings.
 
@@ -134,13 +131,14 @@ def evaluate_model(
     """
     import pandas as pd
 
+    run = run or RuntimeConfig.defaults()
     if threads:
         torch.set_num_threads(threads)
-    runtime.set_determinism(deterministic)
+    runtime.set_determinism(run.deterministic)
     checkpoint = load_checkpoint(checkpoint_path)
     config = ModelConfig.from_dict(checkpoint["config"])
     model = model_from_checkpoint(checkpoint)
-    setup = runtime.resolve(model, device, "fp32", workers)
+    setup = runtime.resolve(model, run.device, "fp32", run.workers)
     print(f"{config.name}: evaluating on {setup.describe()}")
     model = setup.prepare(model)
     metrics: Metrics = {"model": config.name, "arch": config.arch, "classes": checkpoint["classes"], "splits": {}}
@@ -154,7 +152,7 @@ def evaluate_model(
                 f"{len(source.classes)}; retrain the model on this dataset"
             )
         started = time.perf_counter()
-        loader = batches(source, config, False, batch_size, setup)
+        loader = batches(source, config, False, run.eval_batch_size, setup)
         logits, labels = evaluate_loader(model, loader, setup, desc=f"{config.name} {split}")
         seconds = time.perf_counter() - started
         timings[split] = {"seconds": seconds, "images_per_s": len(labels) / seconds if seconds else None}
@@ -213,27 +211,3 @@ def read_test_predictions(predictions_path: str | Path, source: ImageSource) -> 
             f"({len(test)} rows for {len(source)} images); rerun evaluate"
         )
     return test
-
-
-def evaluate(
-    run: RuntimeConfig,
-    index_path: str | Path,
-    checkpoint_path: str | Path,
-    metrics_path: str | Path,
-    predictions_path: str | Path,
-    timings_path: str | Path,
-    threads: int | None = None,
-) -> None:
-    """The evaluate step: one checkpoint on val and test."""
-    evaluate_model(
-        checkpoint_path,
-        index_path,
-        metrics_path,
-        predictions_path,
-        timings_path,
-        device=run.device,
-        threads=threads,
-        batch_size=run.eval_batch_size,
-        workers=run.workers,
-        deterministic=run.deterministic,
-    )

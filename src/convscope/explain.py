@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from convscope import runtime
 from convscope.cam import CamResult, cams, check_methods, grad_cam, shape_of
 from convscope.config import ModelConfig
 from convscope.data import ImageSource
@@ -217,8 +219,24 @@ def blurred(inputs: Tensor) -> Tensor:
     return TF.gaussian_blur(inputs, [size, size], [sigma, sigma])
 
 
+def target_probabilities(model: nn.Module, images: Tensor, targets: Tensor, precision: str = "fp32") -> Tensor:
+    """The softmax probability of each image's target class, the forward pass autocast to ``precision``."""
+    with runtime.autocast(precision, images.device):
+        logits = logits_of(model(images)).float()
+    if targets.max() >= logits.shape[1]:
+        raise ValueError(f"targets must lie in [0, {logits.shape[1]}) for this model, got {targets.tolist()}")
+    return logits.softmax(1).gather(1, targets[:, None].to(logits.device))[:, 0]
+
+
 def score_curve(
-    model: nn.Module, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, targets: Tensor, batch_size: int
+    model: nn.Module,
+    start: Tensor,
+    end: Tensor,
+    ranks: Tensor,
+    counts: Tensor,
+    targets: Tensor,
+    batch_size: int,
+    precision: str = "fp32",
 ) -> Tensor:
     """N×(S+1) target probabilities of the step images: ``end`` where a pixel's rank is below the step's count,
     ``start`` elsewhere. The (image, step) pairs are built and scored ``batch_size`` at a time."""
@@ -228,10 +246,7 @@ def score_curve(
     for chunk in torch.arange(n * steps).split(batch_size):
         i, k = image[chunk], step[chunk]
         changed = (ranks[i] < counts[k, None, None].to(ranks.device))[:, None]
-        logits = logits_of(model(torch.where(changed, end[i], start[i])))
-        if targets.max() >= logits.shape[1]:
-            raise ValueError(f"targets must lie in [0, {logits.shape[1]}) for this model, got {targets.tolist()}")
-        probabilities.append(logits.softmax(1).gather(1, targets[i, None].to(logits.device))[:, 0])
+        probabilities.append(target_probabilities(model, torch.where(changed, end[i], start[i]), targets[i], precision))
     return torch.cat(probabilities).view(n, steps)
 
 
@@ -258,6 +273,7 @@ def deletion_insertion(
     targets: Tensor | Sequence[int],
     steps: int = 16,
     batch_size: int = 64,
+    precision: str = "fp32",
 ) -> Curves:
     """Deletion and insertion curves of each map (RISE protocol).
 
@@ -273,6 +289,7 @@ def deletion_insertion(
         targets: N class indices, usually the class each map explains.
         steps: Equal steps from 0 to every pixel (the curves have ``steps + 1`` points).
         batch_size: Step images per forward pass.
+        precision: Autocast of the forward passes (fp32, bf16 or fp16); the probabilities are fp32.
 
     Returns:
         The :class:`Curves`.
@@ -285,8 +302,8 @@ def deletion_insertion(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     ranks, counts = pixel_ranks(maps), step_counts(height * width, steps)
     with eval_mode(model), torch.inference_mode():
-        deletion = score_curve(model, inputs, torch.zeros_like(inputs), ranks, counts, targets, batch_size)
-        insertion = score_curve(model, blurred(inputs), inputs, ranks, counts, targets, batch_size)
+        deletion = score_curve(model, inputs, torch.zeros_like(inputs), ranks, counts, targets, batch_size, precision)
+        insertion = score_curve(model, blurred(inputs), inputs, ranks, counts, targets, batch_size, precision)
     return Curves(fractions=counts.float() / (height * width), deletion=deletion, insertion=insertion)
 
 
@@ -511,7 +528,8 @@ def impute(
     """ROAD's noisy linear imputation (Rong et al. 2022): each removed pixel becomes the weighted mean of its 8
     neighbours (1/6 for the 4 direct ones, 1/12 for the diagonals; neighbours outside the image drop out), solved
     for all removed pixels of an image at once as one sparse linear system (``scipy.sparse.linalg.spsolve``, as
-    pytorch-grad-cam does), plus Gaussian noise of standard deviation ``noise``.
+    pytorch-grad-cam does), plus Gaussian noise of standard deviation ``noise``. The images' systems are solved
+    on ``torch.get_num_threads()`` threads (SuperLU releases the GIL); the noise is drawn afterwards, in order.
 
     Args:
         images: B×C×H×W images.
@@ -522,37 +540,45 @@ def impute(
     Returns:
         B×C×H×W images, equal to ``images`` where nothing was removed.
     """
+    out = images.detach().cpu().clone()
+    pixels = out.double().numpy()
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        filled = list(pool.map(_linear_fill, pixels, removed.cpu().numpy()))
+    for k, (ys, xs, solved) in enumerate(filled):
+        if len(ys):
+            jitter = torch.randn(solved.shape, generator=generator) * noise
+            out[k][:, ys, xs] = torch.from_numpy(solved).float() + jitter
+    return out.to(images.device)
+
+
+def _linear_fill(image: np.ndarray, holes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows, columns and C×M solved values of one C×H×W image's removed pixels (see :func:`impute`)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
-    _, c, h, w = images.shape
-    out = images.detach().cpu().clone()
-    for k, holes in enumerate(removed.cpu().numpy()):
-        ys, xs = np.nonzero(holes)
-        if not len(ys):
-            continue
-        if len(ys) == h * w:
-            raise ValueError("every pixel of an image is removed: nothing to impute from")
-        unknown = np.full((h, w), -1)
-        unknown[ys, xs] = np.arange(len(ys))
-        flat = out[k].reshape(c, -1).double().numpy()
-        rows, cols, values = [], [], []
-        diagonal, rhs = np.zeros(len(ys)), np.zeros((len(ys), c))
-        for dy, dx, weight in _NEIGHBOURS:
-            y, x = ys + dy, xs + dx
-            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-            me, y, x = np.nonzero(inside)[0], y[inside], x[inside]
-            other = unknown[y, x]
-            diagonal[me] -= weight
-            free = other >= 0
-            rows.append(me[free]), cols.append(other[free]), values.append(np.full(free.sum(), weight))
-            rhs[me[~free]] -= weight * flat[:, y[~free] * w + x[~free]].T
-        rows.append(np.arange(len(ys))), cols.append(np.arange(len(ys))), values.append(diagonal)
-        system = coo_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols)))).tocsc()
-        solved = torch.from_numpy(spsolve(system, rhs).reshape(len(ys), c).T).float()
-        jitter = torch.randn(solved.shape, generator=generator) * noise
-        out[k][:, ys, xs] = solved + jitter
-    return out.to(images.device)
+    c, h, w = image.shape
+    ys, xs = np.nonzero(holes)
+    if not len(ys):
+        return ys, xs, np.zeros((c, 0))
+    if len(ys) == h * w:
+        raise ValueError("every pixel of an image is removed: nothing to impute from")
+    unknown = np.full((h, w), -1)
+    unknown[ys, xs] = np.arange(len(ys))
+    flat = image.reshape(c, -1)
+    rows, cols, values = [], [], []
+    diagonal, rhs = np.zeros(len(ys)), np.zeros((len(ys), c))
+    for dy, dx, weight in _NEIGHBOURS:
+        y, x = ys + dy, xs + dx
+        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        me, y, x = np.nonzero(inside)[0], y[inside], x[inside]
+        other = unknown[y, x]
+        diagonal[me] -= weight
+        free = other >= 0
+        rows.append(me[free]), cols.append(other[free]), values.append(np.full(free.sum(), weight))
+        rhs[me[~free]] -= weight * flat[:, y[~free] * w + x[~free]].T
+    rows.append(np.arange(len(ys))), cols.append(np.arange(len(ys))), values.append(diagonal)
+    system = coo_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols)))).tocsc()
+    return ys, xs, spsolve(system, rhs).reshape(len(ys), c).T
 
 
 @dataclass
@@ -579,6 +605,7 @@ def road(
     noise: float = ROAD_NOISE,
     seed: int = 0,
     batch_size: int = 64,
+    precision: str = "fp32",
 ) -> Road:
     """ROAD (Rong et al. 2022, "remove and debias"): the pixels a map ranks highest (MoRF) or lowest (LeRF) are
     removed at each fraction and filled in by :func:`impute`, so that the filling itself does not give away which
@@ -593,6 +620,7 @@ def road(
         noise: Standard deviation of the imputation noise (in normalised input units).
         seed: Seed of the noise.
         batch_size: Imputed images per forward pass.
+        precision: Autocast of the forward passes (fp32, bf16 or fp16); the probabilities are fp32.
     """
     n, targets = _check_curve_inputs(inputs, maps, targets)
     fractions = list(fractions)
@@ -607,8 +635,8 @@ def road(
             probabilities = []
             for chunk in torch.arange(len(image)).split(batch_size):
                 i = image[chunk]
-                logits = logits_of(model(impute(inputs[i], removed[chunk], noise, generator)))
-                probabilities.append(logits.softmax(1).gather(1, targets[i, None].to(logits.device))[:, 0])
+                imputed = impute(inputs[i], removed[chunk], noise, generator)
+                probabilities.append(target_probabilities(model, imputed, targets[i], precision))
             scores[order] = torch.cat(probabilities).view(n, len(fractions))
     return Road(fractions=torch.tensor(fractions), **scores)
 

@@ -12,6 +12,7 @@ The JSON (``schema_version`` 1; floats rounded to 4 decimals, null where undefin
      "num_images": int,         # images of the faithfulness/sanity sample (spread over classes)
      "sample_indices": [int],   # their positions in the test split
      "steps": int, "seed": int,
+     "precision": str,          # autocast of the forward passes scoring perturbed images (maps are always fp32)
      "tolerance_px": float | null,        # pointing-game tolerance at this input size; null without masks
      "sanity_threshold": float,           # a method passes when its final mean Spearman is below this
      "methods": {<method>: {
@@ -63,6 +64,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from convscope import runtime
 from convscope.cam import CamResult, cams, check_methods
 from convscope.config import ModelConfig
 from convscope.contracts import Explanations as ExplanationsReport
@@ -228,31 +230,25 @@ def _localisation_report(scores: dict[str, np.ndarray], method: str, layers: lis
 # --- the report ------------------------------------------------------------------------------------------------
 
 
-def _faithfulness_report(curves: Curves, undefined: torch.Tensor, baseline: Curves, steps: int) -> dict:
+def _scores(undefined: torch.Tensor, **scores: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Each score's mean over the images whose map is defined, beside its random-map baseline's mean over all
+    images (``random_<name>``), and how many images each mean covers."""
     defined = ~undefined
-    return {
-        "deletion_auc": json_number(curves.deletion_auc[defined].mean()),
-        "insertion_auc": json_number(curves.insertion_auc[defined].mean()),
-        "random_deletion_auc": json_number(baseline.deletion_auc.mean()),
-        "random_insertion_auc": json_number(baseline.insertion_auc.mean()),
-        "n": int(defined.sum()),
-        "flagged": int(undefined.sum()),
-        "steps": steps,
-    }
+    means = {}
+    for name, (per_image, baseline) in scores.items():
+        means |= {name: json_number(per_image[defined].mean()), f"random_{name}": json_number(baseline.mean())}
+    return means | {"n": int(defined.sum()), "flagged": int(undefined.sum())}
+
+
+def _faithfulness_report(curves: Curves, undefined: torch.Tensor, baseline: Curves, steps: int) -> dict:
+    deletion, insertion = (curves.deletion_auc, baseline.deletion_auc), (curves.insertion_auc, baseline.insertion_auc)
+    return _scores(undefined, deletion_auc=deletion, insertion_auc=insertion) | {"steps": steps}
 
 
 def _road_report(road_: Road, undefined: torch.Tensor, baseline: Road) -> dict:
-    defined = ~undefined
-    return {
-        "morf": json_number(road_.morf[defined].mean()),
-        "lerf": json_number(road_.lerf[defined].mean()),
-        "random_morf": json_number(baseline.morf.mean()),
-        "random_lerf": json_number(baseline.lerf.mean()),
-        "fractions": [json_number(f) for f in road_.fractions.tolist()],
-        "noise": ROAD_NOISE,
-        "n": int(defined.sum()),
-        "flagged": int(undefined.sum()),
-    }
+    fractions = [json_number(f) for f in road_.fractions.tolist()]
+    scores = _scores(undefined, morf=(road_.morf, baseline.morf), lerf=(road_.lerf, baseline.lerf))
+    return scores | {"fractions": fractions, "noise": ROAD_NOISE}
 
 
 def _sanity_report(sanity: Sanity) -> dict:
@@ -277,6 +273,7 @@ def compute_explanations(
     steps: int = 16,
     seed: int = 0,
     batch_size: int = 64,
+    precision: str = "auto",
 ) -> Explanations:
     """Localisation, faithfulness and the sanity check of each CAM method for one trained model.
 
@@ -296,6 +293,9 @@ def compute_explanations(
         steps: Deletion/insertion steps from 0 to every pixel.
         seed: Seed of the random baselines and the re-initialisation.
         batch_size: Images per forward pass.
+        precision: Autocast of the forward passes that score perturbed images (deletion, insertion, ROAD), as
+            ``runtime.precision``; ``auto`` takes bf16 where the CPU computes it natively. The maps, their
+            gradients and the sanity check stay fp32.
     """
     methods = check_methods(methods)
     num_images, road_images, steps, batch_size = (
@@ -315,6 +315,7 @@ def compute_explanations(
     if len(source) == 0:
         raise DatasetError(f"the test split of {str(index_path)!r} has no images")
     layer, side = layers[-1], config.input_size
+    scoring = runtime.pick_precision(precision, torch.device("cpu"), model, backward=False)
     has_masks = source.mask(0) is not None
 
     sample = sample_indices(source.labels, num_images)
@@ -331,6 +332,7 @@ def compute_explanations(
         "sample_indices": sample,
         "steps": steps,
         "seed": seed,
+        "precision": scoring,
         "tolerance_px": json_number(tolerance_pixels(side)) if has_masks else None,
         "sanity_threshold": SANITY_THRESHOLD,
         "methods": {},
@@ -360,14 +362,15 @@ def compute_explanations(
     )
     curves: dict[str, Curves] = {}
     roads: dict[str, Road] = {}
+    road_options = {"seed": seed, "batch_size": batch_size, "precision": scoring}
     n_road = min(road_images, len(sample))  # sample_indices is round-robin over classes, so a prefix stays spread
     for method in tqdm(methods, desc=f"{config.name} faithfulness and ROAD", unit="method"):
         maps = found[method].maps[layer]
-        curves[method] = deletion_insertion(model, inputs, maps, targets, steps=steps, batch_size=batch_size)
-        roads[method] = road(model, inputs[:n_road], maps[:n_road], targets[:n_road], seed=seed, batch_size=batch_size)
+        curves[method] = deletion_insertion(model, inputs, maps, targets, steps, batch_size, scoring)
+        roads[method] = road(model, inputs[:n_road], maps[:n_road], targets[:n_road], **road_options)
     noise = random_maps(len(sample), side, side, seed)
-    baseline = deletion_insertion(model, inputs, noise, targets, steps=steps, batch_size=batch_size)
-    random_road = road(model, inputs[:n_road], noise[:n_road], targets[:n_road], seed=seed, batch_size=batch_size)
+    baseline = deletion_insertion(model, inputs, noise, targets, steps, batch_size, scoring)
+    random_road = road(model, inputs[:n_road], noise[:n_road], targets[:n_road], **road_options)
     examples = list(range(min(EXAMPLES, len(sample))))
     for method in methods:
         s, c, r = sanity[method], curves[method], roads[method]

@@ -64,14 +64,16 @@ def has_depthwise_convs(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
 
 
-def pick_precision(requested: str, device: torch.device, model: nn.Module) -> str:
-    """fp32, bf16 or fp16: ``requested``, or for ``auto`` the rule of this module's docstring."""
+def pick_precision(requested: str, device: torch.device, model: nn.Module, backward: bool = True) -> str:
+    """fp32, bf16 or fp16: ``requested``, or for ``auto`` the rule of this module's docstring. Without a
+    ``backward`` (scoring perturbed images), depthwise models get bf16 too: only their backward is slower in it."""
     if requested not in PRECISIONS:
         raise ConfigError(f"config runtime.precision = {requested!r} is unknown; choose one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested
     if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() and not has_depthwise_convs(model) else "fp32"
+        slow_in_bf16 = backward and has_depthwise_convs(model)
+        return "bf16" if cpu_has_native_bf16() and not slow_in_bf16 else "fp32"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16"
@@ -104,6 +106,13 @@ def pick_workers(requested: str | int, device: torch.device) -> int:
     return min(MAX_AUTO_WORKERS, max(available_cores() - 1, 1))
 
 
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision`` (fp32, bf16 or fp16) for forward passes on ``device`` (a no-op in fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
 def set_determinism(deterministic: bool) -> None:
     """Deterministic kernels (and cuBLAS workspaces, cuDNN without autotuning), or the fastest ones.
 
@@ -130,9 +139,7 @@ class Setup:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the reduced precision for forward passes (a no-op in fp32)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+        return autocast(self.precision, self.device)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model on this device, in this memory format."""

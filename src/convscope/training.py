@@ -189,31 +189,28 @@ def train_model(
     config: ModelConfig,
     index_path: str | Path,
     checkpoint_path: str | Path,
-    device: str = "auto",
+    run: RuntimeConfig | None = None,
     threads: int | None = None,
-    eval_batch_size: int = 128,
-    precision: str = "auto",
-    workers: str | int = "auto",
-    deterministic: bool = True,
 ) -> dict:
     """Trains one model on a prepared dataset and writes its checkpoint atomically.
 
     The state after every epoch goes to ``resume.pt`` beside the checkpoint; a later call
     with the same config continues from there, so an interrupted run loses at most one
     epoch. Every epoch is seeded from ``config.seed`` and its number, so a resumed run
-    ends with the same tensors as an uninterrupted one. ``precision`` and ``workers`` are
-    resolved by ``convscope.runtime`` (``auto``: what is fastest and safe on this device);
-    the checkpoint's ``runtime`` records what was used.
+    ends with the same tensors as an uninterrupted one. ``run`` (default: the schema's
+    defaults) says where and how; its ``auto`` precision and workers are resolved by
+    ``convscope.runtime`` and the checkpoint's ``runtime`` records what was used.
 
     Returns:
         The checkpoint dict (see the artifact contract in the README).
     """
+    run = run or RuntimeConfig.defaults()
     if threads:
         torch.set_num_threads(threads)
-    runtime.set_determinism(deterministic)
+    runtime.set_determinism(run.deterministic)
     checkpoint_path = Path(checkpoint_path)
     resume_path = checkpoint_path.with_name("resume.pt")
-    runtime.pick_device(device)  # an absent device fails here, before the data is read
+    runtime.pick_device(run.device)  # an absent device fails here, before the data is read
     check_input_size(config, f"config models[{config.name!r}]")
 
     train_set = open_split(index_path, "train")
@@ -221,7 +218,7 @@ def train_model(
     classes = train_set.classes
     torch.manual_seed(config.seed)
     model = build_model(config, len(classes))
-    setup = runtime.resolve(model, device, precision, workers)
+    setup = runtime.resolve(model, run.device, run.precision, run.workers)
     print(f"{config.name}: training on {setup.describe()}")
     model = setup.prepare(model)
     optimizer = _optimizer(model, config)
@@ -230,7 +227,7 @@ def train_model(
     # layer4 at small inputs), so a last batch of a single image is dropped (a different one every epoch).
     drop_last = len(train_set) % config.batch_size == 1 and len(train_set) > 1
     train_batches = batches(train_set, config, True, config.batch_size, setup, drop_last=drop_last)
-    val_batches = batches(val_set, config, False, eval_batch_size, setup)
+    val_batches = batches(val_set, config, False, run.eval_batch_size, setup)
     scheduler = _scheduler(optimizer, config, config.epochs * len(train_batches))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     heads = head_parameter_names(model, config)
@@ -321,16 +318,6 @@ def train(
     threads: int | None = None,
 ) -> Checkpoint:
     """The train step: trains one model and writes its checkpoint and its per-epoch history."""
-    checkpoint = train_model(
-        model,
-        index_path,
-        checkpoint_path,
-        device=run.device,
-        threads=threads,
-        eval_batch_size=run.eval_batch_size,
-        precision=run.precision,
-        workers=run.workers,
-        deterministic=run.deterministic,
-    )
+    checkpoint = train_model(model, index_path, checkpoint_path, run, threads)
     write_json_atomic(history_path, checkpoint["history"])
     return checkpoint

@@ -5,6 +5,7 @@ Every family imports these instead of another family's module, so a heatmap look
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -37,35 +38,50 @@ PANEL_INCHES = 1.55
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Writes ``fig`` as a PNG at 150 dpi (atomically) and closes it; constrained layout keeps everything inside,
-    and titles wider than the figure are wrapped first (:func:`fit_titles`)."""
+    and titles wider than the figure are wrapped (:func:`wrap_wide_titles`)."""
     try:
-        fit_titles(fig)
-        return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+        return write_atomic(path, lambda f: f.write(_png_with_titles_inside(fig)))
     finally:
         plt.close(fig)
 
 
-def fit_titles(fig: Figure) -> None:
-    """Wraps the figure's title and every axes title that reaches past the figure's left or right edge.
+_WRAP_ROUNDS = 3  # wrapping moves the axes, and so the titles centred on them: check again after each draw
+
+
+def _png_with_titles_inside(fig: Figure) -> bytes:
+    # The PNG's own draw lays the figure out; only a figure with a title found too wide is drawn again.
+    png = _png(fig)
+    for _ in range(_WRAP_ROUNDS):
+        if not wrap_wide_titles(fig):
+            break
+        png = _png(fig)
+    return png
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def wrap_wide_titles(fig: Figure) -> bool:
+    """Wraps, as laid out by the figure's last draw, its title and every axes title that reaches past the
+    figure's left or right edge; returns whether it wrapped any.
 
     Titles hold model, method and layer names of any length, and constrained layout makes room for a title's
     height but not its width; wrapping here, where every family saves, keeps them all inside.
     """
-    # Wrapping makes the layout move the axes, and so the titles centred on them: check again after it.
-    for _ in range(3):
-        fig.draw_without_rendering()
-        too_wide = [text for text in _titles(fig) if _sticks_out(text, fig)]
-        if not too_wide:
-            return
-        for text in too_wide:
-            lines = text.get_text().split("\n")
-            # The widest wrapping that fits, at spaces only: mobilenet_v3_small and Grad-CAM stay whole.
-            wrapper = textwrap.TextWrapper(break_long_words=False, break_on_hyphens=False)
-            for width in range(max(map(len, lines)) - 1, 0, -1):
-                wrapper.width = width
-                text.set_text("\n".join(map(wrapper.fill, lines)))
-                if not _sticks_out(text, fig):
-                    break
+    too_wide = [text for text in _titles(fig) if _sticks_out(text, fig)]
+    for text in too_wide:
+        lines = text.get_text().split("\n")
+        # The widest wrapping that fits, at spaces only: mobilenet_v3_small and Grad-CAM stay whole.
+        wrapper = textwrap.TextWrapper(break_long_words=False, break_on_hyphens=False)
+        for width in range(max(map(len, lines)) - 1, 0, -1):
+            wrapper.width = width
+            text.set_text("\n".join(map(wrapper.fill, lines)))
+            if not _sticks_out(text, fig):
+                break
+    return bool(too_wide)
 
 
 def _titles(fig: Figure) -> list[Text]:
@@ -76,8 +92,9 @@ def _titles(fig: Figure) -> list[Text]:
 def _sticks_out(text: Text, fig: Figure) -> bool:
     if not text.get_visible() or not text.get_text():
         return False
-    extent = text.get_window_extent()
-    return extent.x0 < 0 or extent.x1 > fig.bbox.width
+    # Measured as the last draw, the PNG's at DPI, laid the text out.
+    extent = text.get_window_extent(dpi=DPI)
+    return extent.x0 < 0 or extent.x1 > fig.get_figwidth() * DPI
 
 
 def save_arrays(path: str | Path, **arrays: object) -> Path:

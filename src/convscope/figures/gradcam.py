@@ -95,7 +95,7 @@ def render_gradcam(
         out_dir: Folder for the outputs (created).
         layers: Module names; None uses :func:`default_cam_layers`.
         num_images: How many images (capped at the split's size).
-        method: "gradcam", "gradcam++" or "layercam".
+        method: one of :data:`convscope.cam.METHODS`.
         cmap: Matplotlib colour map of the heatmaps.
         alpha: Opacity of the heatmap over the image.
         split: Which split to sample.
