@@ -9,7 +9,9 @@ own (the sanity check recomputes the maps after each randomisation step).
 Rows: the maps themselves (Grad-CAM at the four ResNet stages, one call; every gradient method and EigenCAM at
 the four stages, one call); the pointing game (mask dilation included) and the energy share over those four
 layers; deletion and insertion of the deepest layer's maps (``--steps`` steps); ROAD (MoRF and LeRF at 9
-fractions, imputation included); the cascading-randomisation sanity check (one method, one layer, 7 stages).
+fractions, imputation included); deletion and ROAD again with bf16 forwards (what the explain job's ``auto``
+precision picks on a CPU with native bf16); the cascading-randomisation sanity check (one method, one layer,
+7 stages).
 
 A second table times each CAM method alone at layer4, convscope beside pytorch-grad-cam on the same batch
 (Score-CAM and Ablation-CAM, one forward per image and channel, on 2 images of resnet18 only).
@@ -62,18 +64,18 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
     x = torch.randn(batch, 3, side, side)
     masks = torch.zeros(batch, side, side, dtype=torch.bool)
     masks[:, side // 4 : 3 * side // 4, side // 3 : 5 * side // 6] = True
-    cams = grad_cam(model, x, LAYERS)
-    deepest, targets = cams.maps[LAYERS[-1]], cams.targets
+    found = grad_cam(model, x, LAYERS)
+    deepest, targets = found.maps[LAYERS[-1]], found.targets
     ranks, counts = explain.pixel_ranks(deepest), explain.step_counts(side * side, steps)
 
     def forward() -> torch.Tensor:
         with torch.inference_mode():
             return model(x)
 
-    def curve(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    def curve(start: torch.Tensor, end: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         # One curve alone, as deletion_insertion runs it (it always runs both).
         with torch.inference_mode():
-            return explain.score_curve(model, start, end, ranks, counts, targets, batch_size=64)
+            return explain.score_curve(model, start, end, ranks, counts, targets, 64, precision)
 
     blurred = explain.blurred(x)
     candidates = {
@@ -81,14 +83,16 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
         "maps": lambda: grad_cam(model, x, LAYERS),
         "all_maps": lambda: cams(model, x, LAYERS, [*GRADIENT_METHODS, "eigencam"]),
         "pointing": lambda: [
-            explain.pointing_game(cams.maps[layer], masks, flags=cams.flags[layer]) for layer in LAYERS
+            explain.pointing_game(found.maps[layer], masks, flags=found.flags[layer]) for layer in LAYERS
         ],
         "energy": lambda: [
-            explain.energy_pointing_game(cams.maps[layer], masks, flags=cams.flags[layer]) for layer in LAYERS
+            explain.energy_pointing_game(found.maps[layer], masks, flags=found.flags[layer]) for layer in LAYERS
         ],
         "deletion": lambda: curve(x, torch.zeros_like(x)),
         "insertion": lambda: curve(blurred, x),
         "road": lambda: explain.road(model, x, deepest, targets),
+        "deletion_bf16": lambda: curve(x, torch.zeros_like(x), "bf16"),
+        "road_bf16": lambda: explain.road(model, x, deepest, targets, precision="bf16"),
         "sanity": lambda: explain.cascading_randomisation(model, x, LAYERS[-1], targets=targets),
     }
     seconds, ratios = timed_rounds(candidates, repeats)
@@ -101,6 +105,8 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
         "deletion": f"deletion curve, {steps} steps",
         "insertion": f"insertion curve, {steps} steps (blur excluded)",
         "road": f"ROAD, MoRF and LeRF at {len(explain.ROAD_FRACTIONS)} fractions",
+        "deletion_bf16": f"deletion curve, {steps} steps, bf16 forwards (the explain job's auto on this CPU)",
+        "road_bf16": "ROAD, bf16 forwards",
         "sanity": f"sanity check, 1 method, {len(explain.randomisable_stages(model))} stages",
     }
     return [(f"{arch} ({side} px, batch {batch})", labels[k], 1000 * seconds[k] / batch, ratios[k]) for k in candidates]

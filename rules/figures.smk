@@ -16,7 +16,7 @@ rule figures:
         "benchmarks/results/figures/{model}/{family}.tsv"
     conda:
         "../environment.yml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
