@@ -327,3 +327,12 @@ def test_snakemake_names_the_line_of_a_broken_config_file(tmp_path):
         errors.append(result.stderr.strip().splitlines()[-1])
     for error, (_, expected) in zip(errors, BAD_FILES.values()):
         assert error.startswith(f"convscope: error: {expected}"), error
+
+
+def test_runtime_defaults_for_calls_from_python_are_the_configs_and_overrides_are_checked():
+    from convscope.config import RuntimeConfig, load_config
+
+    assert RuntimeConfig.defaults() == load_config({"models": [{"name": "r", "arch": "resnet18"}]}).runtime
+    assert RuntimeConfig.defaults(precision="bf16").precision == "bf16"
+    with pytest.raises(ConfigError, match=re.escape('config runtime.precision = "x"')):
+        RuntimeConfig.defaults(precision="x")

@@ -89,12 +89,12 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
 
 def validate_section(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """One top-level section of the configuration, validated, with every default filled in."""
-    section = schema()["properties"][name]
-    resolved = copy.deepcopy(values)
-    errors = list(_Validator(section).iter_errors(resolved))
+    only_section = {"type": "object", "properties": {name: schema()["properties"][name]}}
+    resolved = {name: copy.deepcopy(values)}  # nested, so that messages name the key as the config does
+    errors = list(_Validator(only_section).iter_errors(resolved))
     if errors:
         raise ConfigError(_one_line(jsonschema.exceptions.best_match(errors)))
-    return resolved
+    return resolved[name]
 
 
 @dataclass(frozen=True)
