@@ -32,14 +32,7 @@ def no_hooks(model: nn.Module) -> bool:
     return all(not m._forward_hooks for m in model.modules())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These tensors are tiny, so intra-op threads only add synchronisation; on a busy 2-core machine two
-    # spinning OpenMP threads made single calls 10-30× slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -43,12 +43,7 @@ REFERENCE = {method: getattr(pgc, name) for method, name in REFERENCE_CLASSES.it
 CHEAP = [m for m in METHODS if m not in ("scorecam", "ablationcam")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_of(arch: str) -> nn.Module:

@@ -26,13 +26,7 @@ DATASET = {"shapes": {"image_size": 32, "train_per_class": 4, "test_per_class": 
 SIZES = {"resnet18": 32, "inception_v3": 80, "mobilenet_v3_small": 32}  # inception: its minimum is 75 without aux
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: extra intra-op threads only add synchronisation on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
