@@ -18,6 +18,9 @@ TINY = {
     "models": [{"name": "tiny", "arch": "resnet18", "input_size": 32, "epochs": 2, "batch_size": 16, "lr": 0.01}],
 }
 
+# The runtime record of a checkpoint made without training (random weights), for tests that fabricate one.
+UNTRAINED = {"device": "cpu", "precision": "fp32", "channels_last": False, "workers": 0}
+
 
 def tiny_config(**model_overrides):
     """The tiny model config (resnet18 at 32 px, 2 epochs), with keys overridden."""

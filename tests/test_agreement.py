@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import UNTRAINED
 from PIL import Image
 
 from convscope.agreement import agreement_of, compute_agreement, peak_agreement, rank_agreement, why_not_comparable
 from convscope.config import load_config
 from convscope.data import shapes
 from convscope.figures.agreement import render_agreement
+from convscope.training import checkpoint_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,19 +78,7 @@ def save_checkpoint(path: Path, input_size: int, seed: int) -> Path:
     config = model_config(path.stem, input_size)
     torch.manual_seed(seed)
     model = torchvision.models.get_model("resnet18", weights=None, num_classes=10)
-    payload = {
-        "state_dict": model.state_dict(),
-        "arch": "resnet18",
-        "num_classes": 10,
-        "classes": list(shapes.CLASSES),
-        "input_size": input_size,
-        "mean": list(config.preprocessing.mean),
-        "std": list(config.preprocessing.std),
-        "epoch": 0,
-        "config": dataclasses.asdict(config),
-        "history": [],
-    }
-    torch.save(payload, path)
+    torch.save(checkpoint_of(model, config, list(shapes.CLASSES), epoch=0, history=[], run=UNTRAINED), path)
     return path
 
 

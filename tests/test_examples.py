@@ -23,7 +23,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import REPO, tiny_config, write_yaml
+from conftest import REPO, UNTRAINED, tiny_config, write_yaml
 from fabricate import CIFAR_CLASSES, write_caltech, write_cifar
 from PIL import Image
 
@@ -32,7 +32,7 @@ from convscope.config import ModelConfig, load_config, read_config
 from convscope.errors import UserError
 from convscope.figures.features import render_feature_maps
 from convscope.models import build_model, imagenet_weights_path, model_kwargs
-from convscope.training import load_checkpoint, train_model
+from convscope.training import checkpoint_of, load_checkpoint, train_model
 from convscope.transforms import build_transform, denormalise
 
 EXAMPLES = REPO / "config" / "examples"
@@ -430,21 +430,8 @@ def test_inception_feature_maps_skip_the_aux_head(tiny_index, tmp_path):
     torch.manual_seed(0)
     model = build_model(config, 10)
     classes = json.loads(Path(tiny_index).read_text())["classes"]
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "arch": config.arch,
-            "num_classes": 10,
-            "classes": classes,
-            "input_size": 299,
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-            "epoch": 0,
-            "config": dataclasses.asdict(config),
-            "history": [],
-        },
-        tmp_path / "checkpoint.pt",
-    )
+    checkpoint = checkpoint_of(model, config, classes, epoch=0, history=[], run=UNTRAINED)
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
     render_feature_maps(tmp_path / "checkpoint.pt", tiny_index, tmp_path / "default", num_images=1, top_k=2)
     with np.load(tmp_path / "default/feature_maps.npz") as maps:
         assert list(maps["layers"]) == ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]

@@ -3,7 +3,6 @@ of failures, the energy-in-mask numbers and blank maps."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+from conftest import UNTRAINED
 from PIL import Image
 from torch import nn
 
@@ -23,7 +23,7 @@ from convscope.evaluation import evaluate_model
 from convscope.figures.failures import render_failures
 from convscope.figures.gradcam import render_gradcam
 from convscope.models import default_cam_layers, model_from_checkpoint
-from convscope.training import load_checkpoint
+from convscope.training import checkpoint_of, load_checkpoint
 from convscope.transforms import build_transform
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,21 +68,7 @@ def make_checkpoint(
             model.fc.bias.zero_()
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "checkpoint.pt"
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "arch": arch,
-            "num_classes": 10,
-            "classes": list(shapes.CLASSES),
-            "input_size": input_size,
-            "mean": list(config.preprocessing.mean),
-            "std": list(config.preprocessing.std),
-            "epoch": 0,
-            "config": dataclasses.asdict(config),
-            "history": [],
-        },
-        checkpoint,
-    )
+    torch.save(checkpoint_of(model, config, list(shapes.CLASSES), epoch=0, history=[], run=UNTRAINED), checkpoint)
     predictions = folder / "predictions.csv"
     evaluate_model(
         checkpoint,

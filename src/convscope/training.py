@@ -16,7 +16,7 @@ from tqdm import tqdm
 from convscope import runtime
 from convscope.batches import batches
 from convscope.config import ModelConfig, RuntimeConfig
-from convscope.contracts import Checkpoint
+from convscope.contracts import Checkpoint, Epoch, TrainingRuntime
 from convscope.data import open_split
 from convscope.errors import TrainingError
 from convscope.io import write_atomic, write_json_atomic
@@ -289,7 +289,18 @@ def train_model(
             resume_path,
         )
 
-    checkpoint: Checkpoint = {
+    checkpoint = checkpoint_of(model, config, classes, epoch=config.epochs, history=history, run=run)
+    save_atomic(checkpoint, checkpoint_path)
+    resume_path.unlink(missing_ok=True)
+    return checkpoint
+
+
+def checkpoint_of(
+    model: nn.Module, config: ModelConfig, classes: list[str], *, epoch: int, history: list[Epoch], run: TrainingRuntime
+) -> Checkpoint:
+    """The checkpoint dict of a model (the artifact contract in the README): everything plain torchvision needs to
+    rebuild it, its resolved config, its history and how it was trained."""
+    return {
         # Plain contiguous CPU tensors, whatever the memory format the model trained in.
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "arch": config.arch,
@@ -299,14 +310,11 @@ def train_model(
         "input_size": config.input_size,
         "mean": list(config.preprocessing.mean),
         "std": list(config.preprocessing.std),
-        "epoch": config.epochs,
-        "config": config_dict,
+        "epoch": epoch,
+        "config": dataclasses.asdict(config),
         "history": history,
         "runtime": run,
     }
-    save_atomic(checkpoint, checkpoint_path)
-    resume_path.unlink(missing_ok=True)
-    return checkpoint
 
 
 def train(
