@@ -80,21 +80,22 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
-    resolved = copy.deepcopy(raw)
-    errors = sorted(_Validator(schema()).iter_errors(resolved), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError(_one_line(jsonschema.exceptions.best_match(errors)))
-    return resolved
+    return _validated(schema(), raw)
 
 
 def validate_section(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """One top-level section of the configuration, validated, with every default filled in."""
     only_section = {"type": "object", "properties": {name: schema()["properties"][name]}}
-    resolved = {name: copy.deepcopy(values)}  # nested, so that messages name the key as the config does
-    errors = list(_Validator(only_section).iter_errors(resolved))
+    # Nested under its name, so that messages name the key as the config does (runtime.precision).
+    return _validated(only_section, {name: values})[name]
+
+
+def _validated(against: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    resolved = copy.deepcopy(raw)
+    errors = sorted(_Validator(against).iter_errors(resolved), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError(_one_line(jsonschema.exceptions.best_match(errors)))
-    return resolved[name]
+    return resolved
 
 
 @dataclass(frozen=True)
