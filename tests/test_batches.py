@@ -118,9 +118,10 @@ def test_auto_precision_follows_the_measured_rule(monkeypatch):
     assert runtime.resolve(resnet, "cpu").record() == {
         "device": "cpu",
         "precision": "bf16",
-        "channels_last": False,
+        "channels_last": True,
         "workers": 0,
     }
+    assert not runtime.pick_channels_last("fp32", cpu, resnet)
     assert (runtime.pick_precision("auto", cpu, mobilenet), runtime.pick_channels_last("fp32", cpu, mobilenet)) == (
         "fp32",
         True,

@@ -125,3 +125,12 @@ def test_model_kwargs_rebuild_pretrained_inception_with_plain_torchvision(tmp_pa
     x = torch.randn(1, 3, 299, 299)
     with torch.no_grad():
         assert torch.equal(ours(x), rebuilt(x))
+
+
+def test_bn_momentum_sets_every_batchnorm_and_null_keeps_the_architectures():
+    def momenta(**overrides):
+        model = build_model(tiny_config(arch="mobilenet_v3_small", **overrides), 10)
+        return {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert momenta() == {0.01}  # torchvision's MobileNetV3 default
+    assert momenta(bn_momentum=0.1) == {0.1}

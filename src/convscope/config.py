@@ -168,6 +168,7 @@ class ModelConfig(Frozen):
     label_smoothing: float
     epochs: int
     batch_size: int
+    bn_momentum: float | None
     freeze: str
     aux_logits: bool
     seed: int

@@ -212,6 +212,11 @@ def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True
             # ImageNet files carry the auxiliary head; a model built without it (below 299 px) has no place for it.
             state = {key: value for key, value in state.items() if not key.startswith("AuxLogits.")}
         load_backbone_weights(model, state, head_keys(config.arch, **kwargs), str(path))
+    if config.bn_momentum is not None:
+        # Not in the state dict: a model rebuilt for inference (running statistics frozen) is the same without it.
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config.bn_momentum
     return model
 
 

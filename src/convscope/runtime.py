@@ -2,9 +2,10 @@
 
 ``runtime.precision: auto`` follows a rule measured on the machines we build on (README, "Speed"):
 
-- CPU with native bf16 (AVX-512 BF16 or AMX): bf16 autocast, except for models with depthwise convolutions
-  (MobileNet, EfficientNet, ConvNeXt, ...), whose bf16 backward is slower than fp32 in oneDNN; those train in
-  fp32 in channels_last, which is faster for them (and no faster for dense ResNets).
+- CPU with native bf16 (AVX-512 BF16 or AMX): bf16 autocast in channels_last (oneDNN's bf16 convolutions are
+  faster in it), except for models with depthwise convolutions (MobileNet, EfficientNet, ConvNeXt, ...), whose
+  bf16 backward is slower than fp32 in oneDNN; those train in fp32 in channels_last, which is faster for them
+  (and no faster for dense ResNets in fp32).
 - CUDA: bf16 where the GPU computes it natively (compute capability 8.0 and up), fp16 with a gradient scaler on
   older GPUs with tensor cores, fp32 otherwise; channels_last whenever the precision is reduced.
 - Anything else: fp32.
@@ -82,10 +83,11 @@ def pick_precision(requested: str, device: torch.device, model: nn.Module, backw
 
 
 def pick_channels_last(precision: str, device: torch.device, model: nn.Module) -> bool:
-    """Whether inputs and weights go channels_last: reduced precision on CUDA, depthwise models on the CPU."""
+    """Whether inputs and weights go channels_last: reduced precision on CUDA or on the CPU, and depthwise models on
+    the CPU."""
     if device.type == "cuda":
         return precision != "fp32"
-    return device.type == "cpu" and has_depthwise_convs(model)
+    return device.type == "cpu" and (precision != "fp32" or has_depthwise_convs(model))
 
 
 def available_cores() -> int:
