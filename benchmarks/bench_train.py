@@ -37,7 +37,7 @@ from PIL import Image
 
 from convscope import runtime
 from convscope.batches import batches
-from convscope.config import load_config
+from convscope.config import load_config, read_yaml
 from convscope.data import ArraySource
 from convscope.data.imagefolder import FileSource
 from convscope.models import build_model
@@ -45,6 +45,7 @@ from convscope.training import _logits_and_loss, _optimizer, _scheduler, evaluat
 from convscope.transforms import build_transform
 
 CLASSES = 10
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 TARGET_IMAGES_PER_S = 2000
 EVAL_BATCHES = 4  # as the default test split (600 images at eval_batch_size 128: 5 batches)
 
@@ -62,12 +63,27 @@ class Case:
     model: dict = field(default_factory=dict)  # further model config keys
 
 
+def default_cases() -> list[Case]:
+    """The default config's models as it trains them: its image size, batches, optimisers and evaluation batch."""
+    raw = read_yaml(DEFAULT_CONFIG)
+    config = load_config(raw)
+    side = config.dataset.shapes.image_size
+    cases = []
+    for entry, model in zip(raw["models"], config.models):
+        extra = {key: value for key, value in entry.items() if key not in ("name", "arch", "input_size", "batch_size")}
+        # 16 steps for MobileNets: their steps are short enough that a round of 8 is mostly the epoch's fixed cost
+        steps = 16 if model.arch.startswith("mobilenet") else 8
+        evaluation = config.runtime.eval_batch_size
+        cases.append(
+            Case(
+                "default", model.arch, model.input_size, model.batch_size, steps, (side, side), False, evaluation, extra
+            )
+        )
+    return cases
+
+
 CASES = [
-    # runtime.eval_batch_size's default (128) for the default models' evaluation
-    # batches and optimisers of config/config.yaml
-    Case("default", "resnet18", 72, 64, 8, (72, 72), eval_batch=128, model={"optimizer": "adamw", "lr": 0.002}),
-    # 16 steps: mobilenet's steps are short enough that a round of 8 is mostly the epoch's fixed cost
-    Case("default", "mobilenet_v3_small", 72, 64, 16, (72, 72), eval_batch=128, model={"optimizer": "adamw"}),
+    *default_cases(),
     Case("cifar10", "resnet18", 224, 16, 3, (32, 32), model={"preprocessing": {"resize": 256, "crop": "random"}}),
     Case(
         "caltech256",
