@@ -67,13 +67,12 @@ def default_cases() -> list[Case]:
     """The default config's models as it trains them: its image size, batches, optimisers and evaluation batch."""
     raw = read_yaml(DEFAULT_CONFIG)
     config = load_config(raw)
-    side = config.dataset.shapes.image_size
+    side, evaluation = config.dataset.shapes.image_size, config.runtime.eval_batch_size
     cases = []
     for entry, model in zip(raw["models"], config.models):
         extra = {key: value for key, value in entry.items() if key not in ("name", "arch", "input_size", "batch_size")}
         # 16 steps for MobileNets: their steps are short enough that a round of 8 is mostly the epoch's fixed cost
         steps = 16 if model.arch.startswith("mobilenet") else 8
-        evaluation = config.runtime.eval_batch_size
         cases.append(
             Case(
                 "default", model.arch, model.input_size, model.batch_size, steps, (side, side), False, evaluation, extra
