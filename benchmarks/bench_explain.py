@@ -9,9 +9,9 @@ own (the sanity check recomputes the maps after each randomisation step).
 Rows: the maps themselves (Grad-CAM at the four ResNet stages, one call; every gradient method and EigenCAM at
 the four stages, one call); the pointing game (mask dilation included) and the energy share over those four
 layers; deletion and insertion of the deepest layer's maps (``--steps`` steps); ROAD (MoRF and LeRF at 9
-fractions, imputation included); deletion and ROAD again with bf16 forwards (what the explain job's ``auto``
-precision picks on a CPU with native bf16); the cascading-randomisation sanity check (one method, one layer,
-7 stages).
+fractions, imputation included); deletion and ROAD again on the explain job's scoring model in bf16 (BatchNorm
+folded, bf16 weights, channels_last: what its ``auto`` precision picks on a CPU with native bf16); the
+cascading-randomisation sanity check (one method, one layer, 7 stages).
 
 A second table times each CAM method alone at layer4, convscope beside pytorch-grad-cam on the same batch
 (Score-CAM and Ablation-CAM, one forward per image and channel, on 2 images of resnet18 only).
@@ -22,7 +22,6 @@ Usage: python benchmarks/bench_explain.py [--threads 2] [--repeats 3] [--steps 1
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 import warnings
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from convscope import explain
 from convscope.cam import GRADIENT_METHODS, METHOD_NAMES, METHODS, REFERENCE_CLASSES, cams, grad_cam
+from convscope.explanations import scoring_model
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 RUNS = {"resnet18": (72, 32), "resnet50": (224, 4)}  # arch: (input side, batch)
@@ -79,8 +79,7 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
         with torch.inference_mode():
             return explain.score_curve(scorer, start, end, ranks, counts, targets, 64, precision)
 
-    # The explain job scores bf16 forwards with the model in channels_last (runtime.pick_channels_last).
-    scoring_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    scorer = scoring_model(model, "bf16")  # as the explain job scores bf16 forwards
 
     blurred = explain.blurred(x)
     candidates = {
@@ -96,8 +95,8 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
         "deletion": lambda: curve(x, torch.zeros_like(x)),
         "insertion": lambda: curve(blurred, x),
         "road": lambda: explain.road(model, x, deepest, targets),
-        "deletion_bf16": lambda: curve(x, torch.zeros_like(x), "bf16", scoring_model),
-        "road_bf16": lambda: explain.road(scoring_model, x, deepest, targets, precision="bf16"),
+        "deletion_bf16": lambda: curve(x, torch.zeros_like(x), "bf16", scorer),
+        "road_bf16": lambda: explain.road(scorer, x, deepest, targets, precision="bf16"),
         "sanity": lambda: explain.cascading_randomisation(model, x, LAYERS[-1], targets=targets),
     }
     seconds, ratios = timed_rounds(candidates, repeats)
@@ -110,8 +109,8 @@ def bench(arch: str, side: int, batch: int, steps: int, repeats: int) -> list[tu
         "deletion": f"deletion curve, {steps} steps",
         "insertion": f"insertion curve, {steps} steps (blur excluded)",
         "road": f"ROAD, MoRF and LeRF at {len(explain.ROAD_FRACTIONS)} fractions",
-        "deletion_bf16": f"deletion curve, {steps} steps, bf16, channels_last (the explain job's auto here)",
-        "road_bf16": "ROAD, bf16 forwards and channels_last",
+        "deletion_bf16": f"deletion curve, {steps} steps, bf16 scoring model (the explain job's auto here)",
+        "road_bf16": "ROAD, bf16 scoring model",
         "sanity": f"sanity check, 1 method, {len(explain.randomisable_stages(model))} stages",
     }
     return [(f"{arch} ({side} px, batch {batch})", labels[k], 1000 * seconds[k] / batch, ratios[k]) for k in candidates]

@@ -100,7 +100,12 @@ def figure_settings(wildcards):
 
 def figure_inputs(wildcards):
     """What one figure family reads: the checkpoint and the dataset index, plus what its entry names."""
-    artifacts = {"metrics": paths.METRICS, "predictions": paths.PREDICTIONS}
+    artifacts = {
+        "metrics": paths.METRICS,
+        "predictions": paths.PREDICTIONS,
+        "explanations": paths.EXPLANATIONS,
+        "explanation_arrays": paths.EXPLANATION_ARRAYS,
+    }
     inputs = {
         "index": DATA_INDEX,
         "checkpoint": paths.CHECKPOINT.format(model=wildcards.model),
@@ -119,7 +124,6 @@ def report_source_inputs(wildcards):
         "metrics": expand(paths.METRICS, model=models),
         "figures": expand(paths.FIGURE_DIR, model=models, family=FIGURE_FAMILIES),
         "explanations": expand(paths.EXPLANATIONS, model=models),
-        "explanation_figures": expand(paths.EXPLANATION_FIGURES, model=models),
         "agreement": paths.AGREEMENT,
         "comparison_figures": paths.COMPARISON_FIGURES,
     }
@@ -156,11 +160,6 @@ def explanation_settings(wildcards):
     settings["layers"] = None if layers is None else list(layers)
     settings["batch_size"] = CONFIG.runtime.eval_batch_size
     settings["precision"] = CONFIG.runtime.precision
-    # Heatmaps look alike in every figure: the colour map and opacity are the Grad-CAM figures' ones.
-    settings["cmap"], settings["alpha"] = (
-        CONFIG.figures.gradcam.cmap,
-        CONFIG.figures.gradcam.alpha,
-    )
     return settings
 
 

@@ -4,14 +4,7 @@ rule explain:
         checkpoint=paths.CHECKPOINT,
     output:
         explanations=paths.EXPLANATIONS,
-        figures=report(
-            directory(paths.EXPLANATION_FIGURES),
-            patterns=["{name}.png"],
-            caption="captions/figures.rst",
-            category="{model}",
-            subcategory="explanations",
-            labels={"figure": "{name}"},
-        ),
+        arrays=directory(paths.EXPLANATION_ARRAYS),
     log:
         "logs/explain/{model}.log",
     benchmark:

@@ -38,7 +38,7 @@ from convscope.explain import (
     tolerance_pixels,
     undefined_maps,
 )
-from convscope.explanations import GROUPS
+from convscope.explanations import GROUPS, write_explanations
 from convscope.figures.explanations import render_explanations
 from convscope.models import model_from_checkpoint
 from convscope.training import load_checkpoint, train_model
@@ -331,10 +331,13 @@ def test_perturbed_images_scored_in_bf16_give_the_fp32_scores_closely(trained, t
     assert bf16.morf.dtype == torch.float32
 
 
-def render(trained: dict, index_path, folder, **settings) -> tuple[list, dict]:
+def render(trained: dict, index_path, folder, cmap: str = "jet", **settings) -> tuple[list, dict]:
+    """The explain job's files, and the explanation_quality figures drawn from them, all in ``folder``."""
     options = {"layers": ["layer2", "layer3"], "num_images": 5, "road_images": 3, "steps": 4} | settings
-    paths = render_explanations(trained["checkpoint"], index_path, folder, folder / "explanations.json", **options)
-    return paths, json.loads((folder / "explanations.json").read_text())
+    report = folder / "explanations.json"
+    paths = write_explanations(trained["checkpoint"], index_path, folder, report, **options)
+    paths += render_explanations(trained["checkpoint"], report, folder, folder, cmap=cmap)
+    return paths, json.loads(report.read_text())
 
 
 def test_render_explanations_writes_the_documented_report(trained, tiny_index, tmp_path):
@@ -456,6 +459,23 @@ def test_render_explanations_writes_the_documented_report(trained, tiny_index, t
     assert (tmp_path / "b" / "explanations.json").read_text() == text
 
 
+def test_explanation_figures_name_a_bad_colour_map_or_a_missing_artifact(trained, tiny_index, tmp_path):
+    built = tmp_path / "built"
+    write_explanations(trained["checkpoint"], tiny_index, built, built / "explanations.json", num_images=3, steps=2)
+    cases = [
+        ({"cmap": "nope"}, built, "'nope'"),
+        ({}, tmp_path / "missing", "run the explain job"),
+    ]
+    for options, arrays, named in cases:
+        out = tmp_path / "out"
+        with pytest.raises(UserError, match=named) as error:
+            render_explanations(trained["checkpoint"], built / "explanations.json", arrays, out, **options)
+        assert "\n" not in str(error.value) and not out.exists()
+    (built / "maps.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="rerun the explain job"):
+        render_explanations(trained["checkpoint"], built / "explanations.json", built, tmp_path / "out")
+
+
 def test_dataset_without_masks_skips_localisation(trained, tiny_index, tmp_path, monkeypatch):
     monkeypatch.setattr(ArraySource, "mask", lambda self, i: None)  # as CIFAR-10 and image folders
     paths, report = render(trained, tiny_index, tmp_path, methods=["layercam"], num_images=3, steps=2)
@@ -483,7 +503,6 @@ def test_dataset_without_masks_skips_localisation(trained, tiny_index, tmp_path,
         ({"num_images": 0}, "num_images"),
         ({"steps": 1.5}, "steps"),
         ({"seed": "0"}, "seed"),
-        ({"cmap": "nope"}, "'nope'"),
     ],
 )
 def test_bad_settings_raise_one_line(trained, tiny_index, tmp_path, settings, named):
@@ -514,3 +533,31 @@ def test_bad_metric_inputs_raise_one_line():
         with pytest.raises(ValueError, match=named) as error:
             call()
         assert "\n" not in str(error.value)
+
+
+def test_deletion_and_insertion_score_their_shared_ends_once():
+    model = CountingNet(RegionNet(torch.ones(32, 32)))
+    x, maps = torch.rand(3, 3, 32, 32), random_maps(3, 32, 32, seed=1)
+    curves = deletion_insertion(model, x, maps, [0, 0, 0], steps=4, batch_size=5)
+    # Per image 3 inner steps of each curve, the image itself and its blurred start; one all-zero image for all.
+    assert model.images == 3 * 3 * 2 + 3 + 3 + 1
+    with torch.inference_mode():
+        whole = model.net(x).softmax(1)[:, 0]
+        empty = model.net(torch.zeros(1, 3, 32, 32)).softmax(1)[0, 0]
+    torch.testing.assert_close(curves.deletion[:, 0], whole)
+    torch.testing.assert_close(curves.insertion[:, -1], whole)
+    torch.testing.assert_close(curves.deletion[:, -1], empty.expand(3))
+    one_step = deletion_insertion(model.net, x, maps, [0, 0, 0], steps=1)
+    torch.testing.assert_close(one_step.deletion, torch.stack([whole, empty.expand(3)], 1))
+
+
+class CountingNet(nn.Module):
+    """Counts the images it is given."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.images = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return self.net(x)

@@ -4,7 +4,14 @@ import torchvision
 from conftest import tiny_config
 
 from convscope.config import CLASSIFICATION_ARCHS
-from convscope.models import WeightsError, build_model, head_keys, head_parameter_names, min_input_size
+from convscope.models import (
+    WeightsError,
+    build_model,
+    head_keys,
+    head_parameter_names,
+    inference_copy,
+    min_input_size,
+)
 
 # One or two of each family the figures support; each at the smallest input it accepts.
 ARCHS = [
@@ -134,3 +141,26 @@ def test_bn_momentum_sets_every_batchnorm_and_null_keeps_the_architectures():
 
     assert momenta() == {0.01}  # torchvision's MobileNetV3 default
     assert momenta(bn_momentum=0.1) == {0.1}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "inception_v3", "densenet121"])
+def test_inference_copy_folds_batchnorm_and_keeps_the_outputs(arch):
+    torch.manual_seed(0)
+    config = tiny_config(arch=arch, input_size=75 if arch == "inception_v3" else 32, aux_logits=False)
+    model = build_model(config, num_classes=5).train()
+    for module in model.modules():  # statistics away from the fresh 0/1, so a folding error would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, config.input_size, config.input_size)
+    copied = inference_copy(model)
+    assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "original changed"
+    # DenseNet normalises before each convolution: nothing to fold into, so its BatchNorms stay.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in copied.modules()) == (arch == "densenet121")
+    with torch.no_grad():
+        expected = model.eval()(x)
+        torch.testing.assert_close(copied(x), expected, atol=1e-4, rtol=1e-4)
+        low = inference_copy(model, torch.bfloat16, channels_last=True)
+        assert all(p.dtype == torch.bfloat16 for p in low.parameters())
+        assert next(p for p in low.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+        error = (low(x.to(torch.bfloat16)).float() - expected).abs().max()
+        assert error < 0.05 * expected.abs().max(), "bf16 rounding, relative to the logits' scale"

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY, write_yaml
 
+from convscope.figures import FAMILIES
+
 pytestmark = pytest.mark.slow
-FAMILIES = ("architecture", "filters", "feature_maps", "training", "gradcam", "failures")
 REPORT_JOBS = ["render_report", "report_sources"]
 
 TWO_MODELS = {
@@ -105,12 +106,10 @@ def test_changing_one_model_reruns_only_that_model(built):
 def test_changing_a_gradcam_option_reruns_only_cam_figures_and_the_report(built):
     with with_config(built, {**TWO_MODELS, "figures": {"gradcam": {"cmap": "magma"}}}):
         jobs = planned_jobs(built)
-    # The explanation figures and the cross-model comparison draw their heatmaps with the same colours.
-    expected = [f"figures {m}/{f}" for m in ("tiny", "second") for f in ("gradcam", "failures")] + [
-        "explain tiny",
-        "explain second",
-        "compare_models",
-    ]
+    # The explanation figures and the cross-model comparison draw their heatmaps with the same colours; the
+    # explanation numbers do not depend on them, so the explain jobs stay.
+    families = ("gradcam", "failures", "explanation_quality")
+    expected = [f"figures {m}/{f}" for m in ("tiny", "second") for f in families] + ["compare_models"]
     assert jobs == sorted(["all", *REPORT_JOBS, *expected])
 
 
@@ -182,7 +181,9 @@ def test_explanation_quality_is_measured_for_every_method(built):
             # At 32 px the deepest layer is 1×1: its maps are constant, flagged, and their AUCs undefined.
             assert faith["n"] + faith["flagged"] == report["num_images"]
             assert (faith["deletion_auc"] is None) == (faith["n"] == 0)
-        names = {p.name for p in (built / f"figures/{model}/explanations").iterdir()}
+        arrays = {p.name for p in (built / f"figures/{model}/explanations").iterdir() if not p.name.startswith(".")}
+        assert arrays == {"explanations.npz", "maps.npz"}  # numbers only: the explanation_quality family draws
+        names = {p.name for p in (built / f"figures/{model}/explanation_quality").iterdir()}
         assert {"localisation.png", "deletion_insertion.png", "sanity_curves.png", "sanity_maps.png"} <= names
     generated = (built / "report/_generated/models.qmd").read_text()
     assert "#tbl-tiny-faithfulness" in generated and "#fig-second-sanity" in generated
@@ -293,7 +294,7 @@ READERS = {
     "prepare_data": ["train", "evaluate", "explain", "compare_models", "report_sources", *FAMILY_KINDS],
     "train": ["evaluate", "explain", "compare_models", "report_sources", *FAMILY_KINDS],
     "evaluate": ["figures/training", "figures/gradcam", "figures/failures", "report_sources"],
-    "explain": ["report_sources"],
+    "explain": ["figures/explanation_quality", "report_sources"],
     "compare_models": ["report_sources"],
     "report_sources": ["render_report"],
     **{kind: ["report_sources"] for kind in FAMILY_KINDS},
@@ -380,7 +381,7 @@ def test_snakemake_report_holds_every_figure_per_model(built):
         page = archive.read("report/report.html").decode()
     shipped = sorted(Path(name).name for name in names if name.endswith(".png"))
     for model in ("tiny", "second"):
-        for family in (*FAMILIES, "explanations"):
+        for family in FAMILIES:
             drawn = {p.name for p in (built / "figures" / model / family).glob("*.png")}
             assert (drawn or family == "architecture") and drawn <= set(shipped), (model, family)  # no PNG: text only
             assert not drawn or f'"{family}"' in page, family  # its subcategory

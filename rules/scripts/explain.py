@@ -1,10 +1,8 @@
 import sys
 
 from convscope import jobs
-from convscope.figures.explanations import render_explanations
+from convscope.explanations import write_explanations
 
 out, inp = snakemake.output, snakemake.input
-step = lambda: render_explanations(
-    inp.checkpoint, inp.index, out.figures, out.explanations, **snakemake.params.settings
-)
+step = lambda: write_explanations(inp.checkpoint, inp.index, out.arrays, out.explanations, **snakemake.params.settings)
 sys.exit(jobs.guarded(step, out, snakemake.log[0]))

@@ -2,7 +2,8 @@
 
 ``compute_explanations`` measures them (with the metrics of ``convscope.explain``) and returns the JSON report
 (``results/{model}/explanations.json``, its shape below) and the arrays behind it (``explanations.npz``);
-``convscope.figures.explanations`` draws them.
+``write_explanations``, the explain job, writes them, and the ``explanation_quality`` figure family
+(``convscope.figures.explanations``) draws them from those files.
 
 The JSON (``schema_version`` 1; floats rounded to 4 decimals, null where undefined)::
 
@@ -58,6 +59,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,8 +90,8 @@ from convscope.explain import (
     summary,
     tolerance_pixels,
 )
-from convscope.io import json_number
-from convscope.models import default_cam_layers, find_layers
+from convscope.io import json_number, write_json_atomic, write_npz_atomic
+from convscope.models import default_cam_layers, find_layers, inference_copy
 from convscope.transforms import eval_mask
 
 SCHEMA_VERSION = 1
@@ -100,17 +102,12 @@ EXAMPLES = 2  # images whose randomised maps are kept for the sanity figure
 
 @dataclass
 class Explanations:
-    """What the explain job measured: the JSON report, the arrays behind it, and what the figures draw."""
+    """What the explain job measured: the JSON report and the arrays behind it."""
 
     config: ModelConfig
     report: ExplanationsReport
-    arrays: dict[str, object]
-    inputs: torch.Tensor  # the faithfulness/sanity sample, as fed to the model
-    names: list[str]  # "test #i" and the class of each sample image
-    curves: dict[str, Curves]
-    sanity: dict[str, Sanity]
-    baseline: Curves
-    maps: dict[str, object]  # maps.npz: the sample's maps of every method at every layer
+    arrays: dict[str, object]  # explanations.npz
+    maps: dict[str, object]  # maps.npz: the sample's inputs and maps of every method at every layer
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -262,6 +259,13 @@ def _sanity_report(sanity: Sanity) -> dict:
     }
 
 
+def scoring_model(model: nn.Module, precision: str) -> nn.Module:
+    """The copy of ``model`` that scores perturbed images on the CPU (deletion, insertion, ROAD): BatchNorm folded,
+    weights in ``precision``, channels_last where :func:`convscope.runtime.pick_channels_last` says it is faster."""
+    channels_last = runtime.pick_channels_last(precision, torch.device("cpu"), model)
+    return inference_copy(model, runtime.dtype_of(precision), channels_last)
+
+
 def compute_explanations(
     checkpoint_path: str | Path,
     index_path: str | Path,
@@ -360,20 +364,18 @@ def compute_explanations(
         trained=found,
         batch_size=batch_size,
     )
-    if runtime.pick_channels_last(scoring, torch.device("cpu"), model):
-        # The maps are done; the many scoring forwards below run faster in channels_last (README, "Speed").
-        model = model.to(memory_format=torch.channels_last)
+    scorer = scoring_model(model, scoring)  # the maps are done: from here on, only no-grad forwards
     curves: dict[str, Curves] = {}
     roads: dict[str, Road] = {}
     road_options = {"seed": seed, "batch_size": batch_size, "precision": scoring}
     n_road = min(road_images, len(sample))  # sample_indices is round-robin over classes, so a prefix stays spread
     for method in tqdm(methods, desc=f"{config.name} faithfulness and ROAD", unit="method"):
         maps = found[method].maps[layer]
-        curves[method] = deletion_insertion(model, inputs, maps, targets, steps, batch_size, scoring)
-        roads[method] = road(model, inputs[:n_road], maps[:n_road], targets[:n_road], **road_options)
+        curves[method] = deletion_insertion(scorer, inputs, maps, targets, steps, batch_size, scoring)
+        roads[method] = road(scorer, inputs[:n_road], maps[:n_road], targets[:n_road], **road_options)
     noise = random_maps(len(sample), side, side, seed)
-    baseline = deletion_insertion(model, inputs, noise, targets, steps, batch_size, scoring)
-    random_road = road(model, inputs[:n_road], noise[:n_road], targets[:n_road], **road_options)
+    baseline = deletion_insertion(scorer, inputs, noise, targets, steps, batch_size, scoring)
+    random_road = road(scorer, inputs[:n_road], noise[:n_road], targets[:n_road], **road_options)
     examples = list(range(min(EXAMPLES, len(sample))))
     for method in methods:
         s, c, r = sanity[method], curves[method], roads[method]
@@ -416,5 +418,22 @@ def compute_explanations(
             maps_npz[f"cam_{method}_{name}"] = found[method].maps[name].numpy()
             maps_npz[f"flags_{method}_{name}"] = found[method].flags[name].numpy()
 
-    names = [f"test image {sample[e]}\n{source.classes[source.labels[sample[e]]]}" for e in examples]
-    return Explanations(config, report, arrays, inputs[examples], names, curves, sanity, baseline, maps_npz)
+    return Explanations(config, report, arrays, maps_npz)
+
+
+def write_explanations(
+    checkpoint_path: str | Path, index_path: str | Path, out_dir: str | Path, json_path: str | Path, **settings: Any
+) -> list[Path]:
+    """The explain job: measures one model's explanation quality with ``settings`` (the keyword arguments of
+    :func:`compute_explanations`) and writes the JSON report to ``json_path``, ``explanations.npz`` and ``maps.npz``
+    to ``out_dir``. The ``explanation_quality`` figure family draws them.
+
+    Returns:
+        The paths written.
+    """
+    found = compute_explanations(checkpoint_path, index_path, **settings)
+    return [
+        write_json_atomic(json_path, found.report),
+        write_npz_atomic(Path(out_dir) / "explanations.npz", **found.arrays),
+        write_npz_atomic(Path(out_dir) / "maps.npz", **found.maps),
+    ]

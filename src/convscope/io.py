@@ -61,6 +61,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def write_npz_atomic(path: str | Path, **arrays: object) -> Path:
+    """Writes named arrays to an ``.npz`` file through ``write_atomic``."""
+    import numpy as np  # only the jobs that write arrays pay for it
+
+    return write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     """Writes ``payload`` as indented JSON (with a final newline) through ``write_atomic``."""
     return write_text_atomic(path, json.dumps(payload, indent=1) + "\n")

@@ -19,6 +19,6 @@ REPORT_GENERATED = "report/_generated"
 REPORT_VARIABLES = "report/_variables.yml"
 REPORT_HTML = "report/_output/report.html"
 REPORT_PDF = "report/_output/report.pdf"
-EXPLANATION_FIGURES = "figures/{model}/explanations"
+EXPLANATION_ARRAYS = "figures/{model}/explanations"  # explanations.npz and maps.npz
 AGREEMENT = "results/comparison/agreement.json"
 COMPARISON_FIGURES = "figures/comparison"

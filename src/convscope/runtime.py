@@ -108,6 +108,11 @@ def pick_workers(requested: str | int, device: torch.device) -> int:
     return min(MAX_AUTO_WORKERS, max(available_cores() - 1, 1))
 
 
+def dtype_of(precision: str) -> torch.dtype:
+    """The floating-point type of ``precision`` (fp32, bf16 or fp16)."""
+    return _DTYPES.get(precision, torch.float32)
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast to ``precision`` (fp32, bf16 or fp16) for forward passes on ``device`` (a no-op in fp32)."""
     if precision == "fp32":

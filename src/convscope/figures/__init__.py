@@ -1,8 +1,8 @@
 """Figures that explain a trained model, one module per family, declared once in ``FAMILIES``.
 
 A family is a module ``convscope.figures.<module>`` with ``render(inputs, out_dir, settings) -> list[Path]``:
-``inputs`` maps what it reads (``checkpoint``, ``index``, and ``metrics`` or ``predictions`` where its entry
-says so) to paths, ``settings`` is its slice of the config for one model. The workflow's figure rule, each
+``inputs`` maps what it reads (``checkpoint``, ``index``, and the artifacts its entry names in ``reads``) to
+paths, ``settings`` is its slice of the config for one model. The workflow's figure rule, each
 job's inputs, settings and code dependencies, the report's list of figure folders and the family's report
 section (``report/templates/family.qmd.j2`` until ``models.qmd.j2`` has a block for it) all follow from the
 entry. This module imports no plotting or torch code: the workflow reads it when it starts.
@@ -25,7 +25,9 @@ class Family:
     name: str
     module: str
     title: str
-    reads: tuple[str, ...]  # artifacts beyond the checkpoint and the dataset index: "metrics", "predictions"
+    # Artifacts beyond the checkpoint and the dataset index: "metrics", "predictions", "explanations" (the JSON)
+    # and "explanation_arrays" (the folder of explanations.npz and maps.npz).
+    reads: tuple[str, ...]
     settings: Callable[[FiguresConfig, str], dict]  # (figures config, model name) -> render's settings
 
     @property
@@ -88,6 +90,14 @@ FAMILIES: dict[str, Family] = {
         Family("training", "training", "Training", ("metrics",), lambda figures, model: {}),
         Family("gradcam", "gradcam", "Grad-CAM", ("predictions",), _gradcam),
         Family("failures", "failures", "Failure cases", ("predictions",), _failures),
+        Family(
+            "explanation_quality",
+            "explanations",
+            "Explanation quality",
+            ("explanations", "explanation_arrays"),
+            # The heatmaps look as in the Grad-CAM figures.
+            lambda figures, model: {"cmap": figures.gradcam.cmap, "alpha": figures.gradcam.alpha},
+        ),
     )
 }
 

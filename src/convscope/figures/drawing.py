@@ -27,7 +27,7 @@ from matplotlib.text import Text  # noqa: E402
 from convscope.cam import METHODS  # noqa: E402
 from convscope.config import ModelConfig  # noqa: E402
 from convscope.errors import ConfigError  # noqa: E402
-from convscope.io import write_atomic, write_text_atomic  # noqa: E402
+from convscope.io import write_atomic, write_npz_atomic, write_text_atomic  # noqa: E402
 from convscope.transforms import denormalise  # noqa: E402
 
 DPI = 150
@@ -99,7 +99,7 @@ def _sticks_out(text: Text, fig: Figure) -> bool:
 
 def save_arrays(path: str | Path, **arrays: object) -> Path:
     """Writes named arrays to an ``.npz`` file atomically."""
-    return write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    return write_npz_atomic(path, **arrays)
 
 
 def save_text(path: str | Path, text: str) -> Path:

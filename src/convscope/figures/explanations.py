@@ -1,15 +1,16 @@
-"""Figures of the explain job: is the CAM on the object, does it find what the score needs, does it survive
-the destruction of the weights? The numbers come from :mod:`convscope.explanations`.
+"""The explanation-quality figures: is the CAM on the object, does it find what the score needs, does it survive
+the destruction of the weights? They draw what the explain job measured (:mod:`convscope.explanations`):
+``results/{model}/explanations.json`` and ``figures/{model}/explanations/explanations.npz`` and ``maps.npz``.
 
-``render_explanations`` writes ``results/{model}/explanations.json`` (its shape is in ``convscope.explanations``)
-and, into ``out_dir``, ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png``,
-``sanity_maps.png``, ``explanations.npz`` and ``maps.npz``.
+``render`` writes ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png`` and ``sanity_maps.png``.
 """
 
 from __future__ import annotations
 
+import json
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,10 +18,11 @@ from matplotlib.figure import Figure
 
 from convscope.cam import METHOD_NAMES
 from convscope.config import ModelConfig
-from convscope.explain import SANITY_THRESHOLD, Curves, Sanity, undefined_maps
-from convscope.explanations import GROUPS, compute_explanations
+from convscope.errors import ArtifactError
+from convscope.explain import SANITY_THRESHOLD, undefined_maps
+from convscope.explanations import GROUPS
 from convscope.figures import drawing
-from convscope.io import write_json_atomic
+from convscope.training import load_checkpoint
 
 BASELINE_STYLES = {"centre": ("black", "--"), "random": ("0.45", ":")}
 MAX_STEP_COLUMNS = 8  # randomisation steps shown in sanity_maps.png (evenly spaced, always the last)
@@ -90,25 +92,24 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
     return fig
 
 
-def _curves_figure(
-    config: ModelConfig, report: dict, curves: dict[str, Curves], undefined: dict[str, torch.Tensor], baseline: Curves
-) -> Figure:
+def _curves_figure(config: ModelConfig, report: dict, arrays: Mapping[str, np.ndarray]) -> Figure:
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
-    fractions = baseline.fractions.numpy()
-    aucs = report["methods"][next(iter(curves))]["faithfulness"]  # random-map AUCs are the same for every method
+    fractions = arrays["fractions"]
+    methods = list(report["methods"])
+    aucs = report["methods"][methods[0]]["faithfulness"]  # random-map AUCs are the same for every method
     kinds = {
         "deletion": ("deleted (set to the dataset mean)", "lower AUC is better"),
         "insertion": ("restored into the blurred image", "higher AUC is better"),
     }
     for ax, (kind, (action, better)) in zip(axes, kinds.items()):
-        for k, (method, c) in enumerate(curves.items()):
+        for k, method in enumerate(methods):
             auc = report["methods"][method]["faithfulness"][f"{kind}_auc"]
-            mean = getattr(c, kind)[~undefined[method]].mean(0).numpy()
+            mean = arrays[f"{kind}_{method}"][~arrays[f"undefined_{method}"]].mean(0)
             ax.plot(fractions, mean, color=f"C{k}", label=f"{METHOD_NAMES[method]} (AUC {auc})")
         ax.plot(
             fractions,
-            getattr(baseline, kind).mean(0).numpy(),
+            arrays[f"random_{kind}"].mean(0),
             color="0.45",
             linestyle="--",
             label=f"random map (AUC {aucs[f'random_{kind}_auc']})",
@@ -123,26 +124,22 @@ def _curves_figure(
     return _titled(fig, config, report, "find what the score needs", f", {report['steps']} steps")
 
 
-def _sanity_curves_figure(config: ModelConfig, report: dict, sanity: dict[str, Sanity]) -> Figure:
-    names = next(iter(sanity.values())).steps
+def _sanity_curves_figure(config: ModelConfig, report: dict) -> Figure:
+    names = report["methods"][next(iter(report["methods"]))]["sanity"]["steps"]
     fig = Figure(figsize=(max(9.0, 4 + 0.5 * len(names)), 4.4), layout="constrained")
     axes = fig.subplots(1, 2)
     x = np.arange(len(names) + 1)
     ticks = ["trained"] + [f"+{name}" for name in names]
-    for k, (method, s) in enumerate(sanity.items()):
-        verdict = {True: "passes", False: "fails", None: "undefined"}[s.passes]
+    for k, (method, entry) in enumerate(report["methods"].items()):
+        sanity = entry["sanity"]
+        verdict = {True: "passes", False: "fails", None: "undefined"}[sanity["passes"]]
         # Step 0 compares the trained model's maps with themselves: 1 by definition, drawn as the starting point.
-        axes[0].plot(
-            x,
-            [1.0, *s.mean_spearman.tolist()],
-            marker="o",
-            markersize=3,
-            color=f"C{k}",
-            label=f"{METHOD_NAMES[method]}: {verdict}",
-        )
-        axes[1].plot(
-            x, [1.0, *s.mean_ssim.tolist()], marker="o", markersize=3, color=f"C{k}", label=METHOD_NAMES[method]
-        )
+        for ax, values, label in (
+            (axes[0], sanity["spearman"], f"{METHOD_NAMES[method]}: {verdict}"),
+            (axes[1], sanity["ssim"], METHOD_NAMES[method]),
+        ):
+            values = [np.nan if v is None else v for v in values]
+            ax.plot(x, [1.0, *values], marker="o", markersize=3, color=f"C{k}", label=label)
     axes[0].axhline(
         SANITY_THRESHOLD,
         color="0.45",
@@ -163,15 +160,15 @@ def _sanity_curves_figure(config: ModelConfig, report: dict, sanity: dict[str, S
 def _sanity_maps_figure(
     config: ModelConfig,
     report: dict,
+    arrays: Mapping[str, np.ndarray],
     images: np.ndarray,
     names: list[str],
-    sanity: dict[str, Sanity],
     picked: list[int],
     cmap: str,
     alpha: float,
 ) -> Figure:
-    methods = list(sanity)
-    steps = next(iter(sanity.values())).steps
+    methods = list(report["methods"])
+    steps = arrays["sanity_steps"].tolist()
     fig, axes = drawing.grid(
         len(images) * len(methods),
         2 + len(picked),
@@ -180,63 +177,105 @@ def _sanity_maps_figure(
         title_lines=2,
     )
     for e, image in enumerate(images):
-        for k, (method, s) in enumerate(sanity.items()):
+        for k, method in enumerate(methods):
             row = e * len(methods) + k
             axes[row, 0].imshow(image)
             drawing.clear_axes(axes[row, 0])
             axes[row, 0].set_ylabel(
                 f"{names[e]}\n{METHOD_NAMES[method]}", rotation=0, ha="right", va="center", fontsize=drawing.SMALL
             )
-            drawing.draw_cam(axes[row, 1], image, s.original[e].numpy(), bool(s.undefined[e]), cmap, alpha)
+            undefined = bool(arrays[f"undefined_{method}"][e])
+            drawing.draw_cam(axes[row, 1], image, arrays[f"cam_{method}"][e], undefined, cmap, alpha)
             for col, step in enumerate(picked, start=2):
-                randomised = s.maps[step, e]
+                randomised = arrays[f"sanity_maps_{method}"][step, e]
                 drawing.draw_cam(
-                    axes[row, col], image, randomised.numpy(), bool(undefined_maps(randomised[None])[0]), cmap, alpha
+                    axes[row, col],
+                    image,
+                    randomised,
+                    bool(undefined_maps(torch.from_numpy(randomised)[None])[0]),
+                    cmap,
+                    alpha,
                 )
-                rho, similarity = s.spearman[step, e].item(), s.ssim[step, e].item()
+                rho = arrays[f"sanity_spearman_{method}"][step, e]
+                similarity = arrays[f"sanity_ssim_{method}"][step, e]
                 header = f"+{steps[step]} ({step + 1}/{len(steps)})\n" if row == 0 else ""
                 axes[row, col].set_title(f"{header}ρ={rho:.2f} SSIM={similarity:.2f}", fontsize=drawing.SMALL)
     drawing.title_cam_grid(fig, axes, ["trained"], cmap, fontsize=drawing.SMALL)
     return fig
 
 
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as npz:
+            return {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise ArtifactError(f"{str(path)!r} not found; run the explain job for this model first") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ArtifactError(
+            f"{str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun the explain job"
+        ) from None
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{str(path)!r} not found; run the explain job for this model first") from None
+    except (OSError, ValueError) as error:
+        raise ArtifactError(
+            f"{str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun the explain job"
+        ) from None
+
+
 def render_explanations(
     checkpoint_path: str | Path,
-    index_path: str | Path,
+    report_path: str | Path,
+    arrays_dir: str | Path,
     out_dir: str | Path,
-    json_path: str | Path,
     *,
     cmap: str = "jet",
     alpha: float = 0.45,
-    **settings: Any,
 ) -> list[Path]:
-    """Measures one model's explanation quality with ``settings`` (the keyword arguments of
-    :func:`~convscope.explanations.compute_explanations`) and draws it; ``cmap`` and ``alpha`` style the heatmaps.
+    """Draws what the explain job measured for one model; ``cmap`` and ``alpha`` style the heatmaps.
+
+    Args:
+        checkpoint_path: The model's checkpoint (its config and class names).
+        report_path: Its ``explanations.json``.
+        arrays_dir: The folder of its ``explanations.npz`` and ``maps.npz``.
+        out_dir: Folder for the figures (created).
 
     Returns:
-        Paths of the JSON, ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png``,
-        ``sanity_maps.png``, ``explanations.npz`` and ``maps.npz``.
+        Paths of ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png`` and ``sanity_maps.png``.
     """
     drawing.check_heatmap_options("gradcam", cmap, alpha)
-    found = compute_explanations(checkpoint_path, index_path, **settings)
-    config, report, sanity, out_dir = found.config, found.report, found.sanity, Path(out_dir)
+    checkpoint = load_checkpoint(checkpoint_path)
+    config, classes = ModelConfig.from_dict(checkpoint["config"]), checkpoint["classes"]
+    report = _read_report(Path(report_path))
+    arrays = _read_arrays(Path(arrays_dir) / "explanations.npz")
+    inputs = _read_arrays(Path(arrays_dir) / "maps.npz")["inputs"]
+    out_dir = Path(out_dir)
     methods = list(report["methods"])
     skipped = report["methods"][methods[0]]["localisation_skipped"]
-    paths = [write_json_atomic(json_path, report)]
     if skipped is None:
         localisation = _localisation_figure(config, report, methods)
     else:
         localisation = _note_figure(config, f"localisation skipped: {skipped}")
-    paths.append(drawing.save_figure(localisation, out_dir / "localisation.png"))
-    undefined = {m: s.undefined for m, s in sanity.items()}
-    curves = _curves_figure(config, report, found.curves, undefined, found.baseline)
-    paths.append(drawing.save_figure(curves, out_dir / "deletion_insertion.png"))
-    paths.append(drawing.save_figure(_sanity_curves_figure(config, report, sanity), out_dir / "sanity_curves.png"))
-    count = len(sanity[methods[0]].steps)
+    paths = [drawing.save_figure(localisation, out_dir / "localisation.png")]
+    paths.append(drawing.save_figure(_curves_figure(config, report, arrays), out_dir / "deletion_insertion.png"))
+    paths.append(drawing.save_figure(_sanity_curves_figure(config, report), out_dir / "sanity_curves.png"))
+    count = len(arrays["sanity_steps"])
     picked = np.unique(np.linspace(0, count - 1, min(count, MAX_STEP_COLUMNS)).round().astype(int)).tolist()
-    images = drawing.display_images(found.inputs, config)
-    maps = _sanity_maps_figure(config, report, images, found.names, sanity, picked, cmap, alpha)
+    examples = arrays[f"sanity_maps_{methods[0]}"].shape[1]
+    images = drawing.display_images(torch.from_numpy(inputs[:examples]), config)
+    sample, labels = arrays["sample_indices"], arrays["sample_labels"]
+    names = [f"test image {sample[e]}\n{classes[labels[e]]}" for e in range(examples)]
+    maps = _sanity_maps_figure(config, report, arrays, images, names, picked, cmap, alpha)
     paths.append(drawing.save_figure(maps, out_dir / "sanity_maps.png"))
-    paths.append(drawing.save_arrays(out_dir / "explanations.npz", **found.arrays))
-    paths.append(drawing.save_arrays(out_dir / "maps.npz", **found.maps))
     return paths
+
+
+def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
+    """The family's entry point (see ``convscope.figures``)."""
+    return render_explanations(
+        inputs["checkpoint"], inputs["explanations"], inputs["explanation_arrays"], out_dir, **settings
+    )

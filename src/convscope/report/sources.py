@@ -59,7 +59,9 @@ MAX_INLINE_SKIPPED = 5  # skipped files named in the dataset section; more go to
 GENERATED = ("comparison.qmd", "dataset.qmd", "models.qmd", "agreement.qmd", "appendix.qmd")  # from templates/<name>.j2
 SATURATED_INSERTION = 0.9  # random-map insertion AUC above which the insertion metric says nothing
 # Families with a block of their own in templates/models.qmd.j2; any other family gets templates/family.qmd.j2.
-HAND_WRITTEN = frozenset({"architecture", "filters", "feature_maps", "training", "gradcam", "failures"})
+HAND_WRITTEN = frozenset(
+    {"architecture", "filters", "feature_maps", "training", "gradcam", "failures", "explanation_quality"}
+)
 
 
 MD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
