@@ -34,8 +34,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from convscope import explain
-from convscope.cam import GRADIENT_METHODS, METHOD_NAMES, METHODS, REFERENCE_CLASSES, cams, grad_cam
+from convscope.cam import cams, grad_cam
 from convscope.explanations import scoring_model
+from convscope.methods import GRADIENT_METHODS, METHOD_NAMES, METHODS, REFERENCE_CLASSES
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 RUNS = {"resnet18": (72, 32), "resnet50": (224, 4)}  # arch: (input side, batch)

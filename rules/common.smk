@@ -101,6 +101,7 @@ def figure_settings(wildcards):
 def figure_inputs(wildcards):
     """What one figure family reads: the checkpoint and the dataset index, plus what its entry names."""
     artifacts = {
+        "history": paths.HISTORY,
         "metrics": paths.METRICS,
         "predictions": paths.PREDICTIONS,
         "explanations": paths.EXPLANATIONS,

@@ -19,8 +19,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, 
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
 from torch import nn
 
-from convscope.cam import GRADIENT_METHODS, METHODS, REFERENCE_CLASSES, cams, grad_cam
+from convscope.cam import cams, grad_cam
 from convscope.explain import ROAD_FRACTIONS, impute, removal_masks, road
+from convscope.methods import GRADIENT_METHODS, METHODS, REFERENCE_CLASSES
 
 TOL = 1e-4
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from convscope import explain, runtime
 from convscope.config import RuntimeConfig
+from convscope.contracts import LOCALISATION_GROUPS as GROUPS
 from convscope.data import ArraySource
 from convscope.errors import UserError
 from convscope.evaluation import open_model_and_split
@@ -38,7 +39,7 @@ from convscope.explain import (
     tolerance_pixels,
     undefined_maps,
 )
-from convscope.explanations import GROUPS, write_explanations
+from convscope.explanations import write_explanations
 from convscope.figures.explanations import render_explanations
 from convscope.models import model_from_checkpoint
 from convscope.training import load_checkpoint, train_model
@@ -336,7 +337,7 @@ def render(trained: dict, index_path, folder, cmap: str = "jet", **settings) -> 
     options = {"layers": ["layer2", "layer3"], "num_images": 5, "road_images": 3, "steps": 4} | settings
     report = folder / "explanations.json"
     paths = write_explanations(trained["checkpoint"], index_path, folder, report, **options)
-    paths += render_explanations(trained["checkpoint"], report, folder, folder, cmap=cmap)
+    paths += render_explanations(report, folder, folder, cmap=cmap)
     return paths, json.loads(report.read_text())
 
 
@@ -469,11 +470,11 @@ def test_explanation_figures_name_a_bad_colour_map_or_a_missing_artifact(trained
     for options, arrays, named in cases:
         out = tmp_path / "out"
         with pytest.raises(UserError, match=named) as error:
-            render_explanations(trained["checkpoint"], built / "explanations.json", arrays, out, **options)
+            render_explanations(built / "explanations.json", arrays, out, **options)
         assert "\n" not in str(error.value) and not out.exists()
-    (built / "maps.npz").write_bytes(b"not a zip")
+    (built / "explanations.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="rerun the explain job"):
-        render_explanations(trained["checkpoint"], built / "explanations.json", built, tmp_path / "out")
+        render_explanations(built / "explanations.json", built, tmp_path / "out")
 
 
 def test_dataset_without_masks_skips_localisation(trained, tiny_index, tmp_path, monkeypatch):

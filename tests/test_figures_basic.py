@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -233,7 +235,9 @@ def test_training_figures_from_real_metrics(arch, checkpoints, index, tmp_path):
         tmp_path / "timings.json",
         RuntimeConfig.defaults(device="cpu"),
     )
-    files = render_training(checkpoints[arch], metrics, tmp_path / "figs")
+    history = tmp_path / "history.json"  # as the train step writes it beside the checkpoint
+    history.write_text(json.dumps(torch.load(checkpoints[arch], weights_only=True)["history"]))
+    files = render_training(history, metrics, tmp_path / "figs")
     assert [f.name for f in files] == [
         "training_curves.png",
         "training_curves.csv",
@@ -269,13 +273,15 @@ def test_training_figures_from_real_metrics(arch, checkpoints, index, tmp_path):
 
 def test_training_figures_with_many_classes(checkpoints, tmp_path):
     # 257 classes (Caltech-256 size): no annotations or class ticks, the 20 worst classes as bars.
-    checkpoint = torch.load(checkpoints["resnet18"], weights_only=True)
+    history = torch.load(checkpoints["resnet18"], weights_only=True)["history"]
+    (tmp_path / "history.json").write_text(json.dumps(history))
     classes = [f"class{i:03d}" for i in range(257)]
-    checkpoint.update(classes=classes, num_classes=257, state_dict={})
-    torch.save(checkpoint, tmp_path / "many.pt")
     counts = np.diag(np.arange(1, 258)) + 1
     logits = torch.randn(int(counts.sum()), 257)
     metrics = {
+        "model": "many",
+        "arch": "resnet18",
+        "classes": classes,
         "splits": {
             "test": {
                 "n": int(counts.sum()),
@@ -285,13 +291,22 @@ def test_training_figures_with_many_classes(checkpoints, tmp_path):
                 "per_class_accuracy": {c: float(counts[i, i] / counts[i].sum()) for i, c in enumerate(classes)},
                 "calibration": calibration(logits, logits.argmax(1)),
             }
-        }
+        },
     }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    files = render_training(tmp_path / "many.pt", tmp_path / "metrics.json", tmp_path / "figs")
+    files = render_training(tmp_path / "history.json", tmp_path / "metrics.json", tmp_path / "figs")
     assert_pngs(files)
     np.testing.assert_allclose(np.load(tmp_path / "figs" / "confusion_matrix.npz")["normalised"].sum(axis=1), 1.0)
     assert len(read_csv(tmp_path / "figs" / "per_class_accuracy.csv")) == 257
+    # The family draws from JSON alone: its job never imports torch (about 4 s of start-up).
+    code = (
+        "import sys; from convscope.figures import render\n"
+        "render('training', {'history': sys.argv[1], 'metrics': sys.argv[2]}, sys.argv[3], {})\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))"
+    )
+    args = [tmp_path / "history.json", tmp_path / "metrics.json", tmp_path / "again"]
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]" and (tmp_path / "again" / "reliability.png").is_file()
 
 
 def test_titles_wider_than_the_figure_are_wrapped_inside_it(tmp_path):

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convscope.cam import METHODS, grad_cam
+from convscope.cam import grad_cam
 from convscope.config import ModelConfig
 from convscope.contracts import Agreement, PairAgreement
 from convscope.data import sample_indices
@@ -47,6 +47,7 @@ from convscope.errors import ArtifactError, ConfigError
 from convscope.evaluation import open_model_and_split
 from convscope.explain import pointing_game, spearman, tolerance_pixels, undefined_maps
 from convscope.io import json_number
+from convscope.methods import METHODS
 from convscope.models import default_cam_layers, find_layers
 from convscope.training import load_checkpoint
 

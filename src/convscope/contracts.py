@@ -146,8 +146,11 @@ class SanityCheck(TypedDict):
     passes: bool | None
 
 
+LOCALISATION_GROUPS = ("all", "correct", "misclassified")  # test images by the model's prediction
+
+
 class MethodReport(TypedDict):
-    localisation: dict[str, dict[str, Any]] | None  # layer -> group -> GroupScores, plus "baselines"
+    localisation: dict[str, dict[str, Any]] | None  # layer -> group (LOCALISATION_GROUPS) -> GroupScores, "baselines"
     localisation_skipped: str | None
     faithfulness: Faithfulness
     road: RoadScores

@@ -478,7 +478,7 @@ def cascading_randomisations(
         model: A classifier.
         inputs: N×C×H×W model inputs.
         layer: The module whose maps are compared.
-        methods: CAM methods (:data:`convscope.cam.METHODS`).
+        methods: CAM methods (:data:`convscope.methods.METHODS`).
         targets: N classes to explain; None takes the trained model's predictions.
         seed: Seed of the re-initialisation (step k uses ``seed + k``).
         trained: The trained model's maps of ``inputs`` at ``layer`` per method, when the caller has them already

@@ -44,8 +44,9 @@ maps from those calls serve faithfulness, ROAD and the sanity check's trained st
 at the deepest layer), ``undefined_<m>``, ``deletion_<m>``/``insertion_<m>``, ``sanity_spearman_<m>``/
 ``sanity_ssim_<m>`` (S×N), ``road_morf_<m>``/``road_lerf_<m>`` (R×F, R = min(road_images, N)) beside
 ``road_fractions`` and
-``random_road_morf``/``random_road_lerf``, and ``sanity_maps_<m>`` (S×E×H×W for the E example images of
-``sanity_maps.png``);
+``random_road_morf``/``random_road_lerf``, ``sanity_maps_<m>`` (S×E×H×W for the E example images of
+``sanity_maps.png``) and ``sanity_undefined_<m>`` (S×E), and those images as shown (``example_images``, E×H×W×3
+in [0, 1]) with their ``example_classes``;
 with masks, per test image, ``test_correct``, ``pointing_<m>_<layer>``/``energy_<m>_<layer>`` (NaN for undefined
 maps) and the baselines' ``pointing_centre``/``energy_centre``/``pointing_random``/``energy_random``.
 
@@ -69,6 +70,7 @@ from tqdm import tqdm
 from convscope import runtime
 from convscope.cam import CamResult, cams, check_methods
 from convscope.config import ModelConfig
+from convscope.contracts import LOCALISATION_GROUPS
 from convscope.contracts import Explanations as ExplanationsReport
 from convscope.data import ImageSource, read_index, sample_indices
 from convscope.errors import ConfigError, DatasetError
@@ -89,13 +91,13 @@ from convscope.explain import (
     road,
     summary,
     tolerance_pixels,
+    undefined_maps,
 )
 from convscope.io import json_number, write_json_atomic, write_npz_atomic
 from convscope.models import default_cam_layers, find_layers, inference_copy
-from convscope.transforms import eval_mask
+from convscope.transforms import display_images, eval_mask
 
 SCHEMA_VERSION = 1
-GROUPS = ("all", "correct", "misclassified")
 BASELINES = ("centre", "random")
 EXAMPLES = 2  # images whose randomised maps are kept for the sanity figure
 
@@ -203,7 +205,7 @@ def _localise(
 def _groups(pointing: np.ndarray, energy: np.ndarray, correct: np.ndarray) -> dict[str, dict]:
     """The SUMMARY of each group; both games are NaN for exactly the undefined maps."""
     out = {}
-    for group, rows in zip(GROUPS, (np.ones_like(correct), correct, ~correct)):
+    for group, rows in zip(LOCALISATION_GROUPS, (np.ones_like(correct), correct, ~correct)):
         defined = np.isfinite(pointing[rows])
         out[group] = {
             "pointing_game": json_number(summary(pointing[rows])["mean"]),
@@ -290,7 +292,7 @@ def compute_explanations(
     Args:
         checkpoint_path: A convscope checkpoint.
         index_path: The dataset's ``index.json``.
-        methods: CAM methods, from :data:`convscope.cam.METHODS`.
+        methods: CAM methods, from :data:`convscope.methods.METHODS`.
         layers: Module names, shallowest first; None uses :func:`~convscope.models.default_cam_layers`.
         num_images: Size of the faithfulness and sanity sample (capped at the test split's size).
         road_images: How many of the sample's first images ROAD measures (its imputation is the costly part).
@@ -379,6 +381,7 @@ def compute_explanations(
     examples = list(range(min(EXAMPLES, len(sample))))
     for method in methods:
         s, c, r = sanity[method], curves[method], roads[method]
+        shown = s.maps[:, examples]  # S×E: the randomised maps sanity_maps.png shows
         report["methods"][method] = {
             "localisation": _localisation_report(scores, method, layers) if has_masks else None,
             "localisation_skipped": skipped,
@@ -395,7 +398,8 @@ def compute_explanations(
             f"road_lerf_{method}": r.lerf.numpy(),
             f"sanity_spearman_{method}": s.spearman.numpy(),
             f"sanity_ssim_{method}": s.ssim.numpy(),
-            f"sanity_maps_{method}": s.maps[:, examples].numpy(),
+            f"sanity_maps_{method}": shown.numpy(),
+            f"sanity_undefined_{method}": undefined_maps(shown.flatten(0, 1)).view(shown.shape[:2]).numpy(),
         }
     arrays |= {
         "sample_targets": targets.numpy(),
@@ -406,6 +410,9 @@ def compute_explanations(
         "random_road_morf": random_road.morf.numpy(),
         "random_road_lerf": random_road.lerf.numpy(),
         "sanity_steps": np.asarray(sanity[methods[0]].steps, dtype=str),
+        # What the sanity figure shows of its example images, so that drawing it needs neither torch nor the model.
+        "example_images": display_images(inputs[examples], config),
+        "example_classes": np.asarray([source.classes[source.labels[sample[e]]] for e in examples], dtype=str),
     }
     maps_npz: dict[str, object] = {
         "inputs": inputs.numpy().astype(np.float32),

@@ -70,6 +70,11 @@ def denormalise(inputs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return (inputs * std + mean).clamp(0, 1)
 
 
+def display_images(inputs: torch.Tensor, config: ModelConfig) -> np.ndarray:
+    """Model inputs as N×H×W×3 float images in [0, 1] for imshow."""
+    return denormalise(inputs, config).permute(0, 2, 3, 1).numpy()
+
+
 def eval_mask(mask: np.ndarray, config: ModelConfig) -> torch.Tensor:
     """An H×W object mask under the evaluation transform's geometry (resize, centre crop; nearest), as float 0/1."""
     tensor = torch.from_numpy(np.asarray(mask, dtype=np.uint8))[None]

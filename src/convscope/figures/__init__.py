@@ -25,8 +25,8 @@ class Family:
     name: str
     module: str
     title: str
-    # Artifacts beyond the checkpoint and the dataset index: "metrics", "predictions", "explanations" (the JSON)
-    # and "explanation_arrays" (the folder of explanations.npz and maps.npz).
+    # Artifacts beyond the checkpoint and the dataset index: "history", "metrics", "predictions", "explanations"
+    # (the JSON) and "explanation_arrays" (the folder of explanations.npz and maps.npz).
     reads: tuple[str, ...]
     settings: Callable[[FiguresConfig, str], dict]  # (figures config, model name) -> render's settings
 
@@ -87,7 +87,7 @@ FAMILIES: dict[str, Family] = {
                 "top_k": figures.feature_maps.top_k,
             },
         ),
-        Family("training", "training", "Training", ("metrics",), lambda figures, model: {}),
+        Family("training", "training", "Training", ("history", "metrics"), lambda figures, model: {}),
         Family("gradcam", "gradcam", "Grad-CAM", ("predictions",), _gradcam),
         Family("failures", "failures", "Failure cases", ("predictions",), _failures),
         Family(

@@ -16,10 +16,11 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from convscope.agreement import Found, compute_agreement
-from convscope.cam import METHOD_NAMES
 from convscope.explain import undefined_maps
 from convscope.figures import drawing
 from convscope.io import write_json_atomic
+from convscope.methods import METHOD_NAMES
+from convscope.transforms import display_images
 
 
 def _note_figure(text: str) -> Figure:
@@ -43,7 +44,7 @@ def _row_agreement(report: dict, row: int) -> str:
 def _agreement_figure(found: Found, cmap: str, alpha: float) -> Figure:
     report, classes = found.report, found.classes
     names = list(found.maps)
-    images = drawing.display_images(found.inputs, found.display)
+    images = display_images(found.inputs, found.display)
     method = METHOD_NAMES.get(report["method"], report["method"])
     title = (
         f"{method} of each model at its deepest layer, same test images ({report['size']} px)\n"

@@ -1,6 +1,7 @@
 """What the figure families draw with: atomic PNG/array/text writers, image grids, heatmap panels, colour bars.
 
 Every family imports these instead of another family's module, so a heatmap looks the same in every figure.
+Torch is imported only by the functions that take tensors, so a family that reads JSON alone starts in ~1 s.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import io
 import math
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,19 +18,20 @@ matplotlib.use("Agg")  # files only: no display needed, same output on every mac
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from convscope.cam import METHODS  # noqa: E402
-from convscope.config import ModelConfig  # noqa: E402
 from convscope.errors import ConfigError  # noqa: E402
 from convscope.io import write_atomic, write_npz_atomic, write_text_atomic  # noqa: E402
-from convscope.transforms import denormalise  # noqa: E402
+from convscope.methods import METHODS  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+
+    from convscope.config import ModelConfig
 
 DPI = 150
 SMALL = 8  # pt: the smallest font any figure uses (panel titles, annotations, dense tick labels)
@@ -109,7 +112,12 @@ def save_text(path: str | Path, text: str) -> Path:
 
 def model_label(config: ModelConfig) -> str:
     """How titles name a model: its configured name, with the architecture when that differs."""
-    return config.name if config.name == config.arch else f"{config.name} ({config.arch})"
+    return name_label(config.name, config.arch)
+
+
+def name_label(name: str, arch: str) -> str:
+    """:func:`model_label` from the name and the architecture alone (as ``metrics.json`` gives them)."""
+    return name if name == arch else f"{name} ({arch})"
 
 
 def pair(value: int | tuple[int, ...]) -> str:
@@ -123,14 +131,11 @@ def tile(images: torch.Tensor, pad_value: float) -> np.ndarray:
     count, _, height, width = images.shape
     # Tiles per row so the grid comes out about square, also for 1×7 or 3×1 kernels.
     nrow = min(count, math.ceil(math.sqrt(count * (height + 1) / (width + 1))))
+    import torchvision  # here, not at the top: the families that draw no tensors do not import torch (~4 s)
+
     grid = torchvision.utils.make_grid(images, nrow=nrow, padding=1, pad_value=pad_value)
     # make_grid copies a single channel to three; keep one so colour maps apply.
     return grid[: images.shape[1]].permute(1, 2, 0).numpy()
-
-
-def display_images(inputs: torch.Tensor, config: ModelConfig) -> np.ndarray:
-    """Model inputs as N×H×W×3 float images in [0, 1] for imshow."""
-    return denormalise(inputs, config).permute(0, 2, 3, 1).numpy()
 
 
 def draw_cam(ax: Axes, image: np.ndarray, cam: np.ndarray, flagged: bool, cmap: str, alpha: float) -> None:

@@ -1,6 +1,7 @@
 """The explanation-quality figures: is the CAM on the object, does it find what the score needs, does it survive
-the destruction of the weights? They draw what the explain job measured (:mod:`convscope.explanations`):
-``results/{model}/explanations.json`` and ``figures/{model}/explanations/explanations.npz`` and ``maps.npz``.
+the destruction of the weights? They draw what the explain job measured (:mod:`convscope.explanations`),
+``results/{model}/explanations.json`` and ``figures/{model}/explanations/explanations.npz``, and nothing else:
+the job imports no torch.
 
 ``render`` writes ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png`` and ``sanity_maps.png``.
 """
@@ -13,38 +14,33 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
-from convscope.cam import METHOD_NAMES
-from convscope.config import ModelConfig
+from convscope.contracts import LOCALISATION_GROUPS
 from convscope.errors import ArtifactError
-from convscope.explain import SANITY_THRESHOLD, undefined_maps
-from convscope.explanations import GROUPS
 from convscope.figures import drawing
-from convscope.training import load_checkpoint
+from convscope.methods import METHOD_NAMES
 
 BASELINE_STYLES = {"centre": ("black", "--"), "random": ("0.45", ":")}
 MAX_STEP_COLUMNS = 8  # randomisation steps shown in sanity_maps.png (evenly spaced, always the last)
 
 
-def _note_figure(config: ModelConfig, text: str) -> Figure:
+def _note_figure(label: str, text: str) -> Figure:
     fig = Figure(figsize=(6, 2), layout="constrained")
-    fig.text(0.5, 0.5, f"{drawing.model_label(config)}: {text}", ha="center", va="center", fontsize=11, wrap=True)
+    fig.text(0.5, 0.5, f"{label}: {text}", ha="center", va="center", fontsize=11, wrap=True)
     return fig
 
 
-def _titled(fig: Figure, config: ModelConfig, report: dict, question: str, detail: str = "") -> Figure:
+def _titled(fig: Figure, label: str, report: dict, question: str, detail: str = "") -> Figure:
     """A curves figure's title: the model, what it asks of the maps, and the test images it averages over."""
     fig.suptitle(
-        f"{drawing.model_label(config)}: do the {report['layer']} maps {question}? "
-        f"{report['num_images']} test images{detail}",
+        f"{label}: do the {report['layer']} maps {question}? {report['num_images']} test images{detail}",
         fontsize=10,
     )
     return fig
 
 
-def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) -> Figure:
+def _localisation_figure(label: str, report: dict, methods: list[str]) -> Figure:
     layers = report["layers"]
     fig = Figure(figsize=(max(7.0, 1.6 + 0.45 * len(layers) * (len(methods) + 1)), 6.0), layout="constrained")
     axes = fig.subplots(2, 2, squeeze=False)
@@ -56,7 +52,7 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
         "energy": "energy pointing game: share\nof the map's mass on the object",
     }
     for row, (metric, ylabel) in enumerate(metrics.items()):
-        for col, group in enumerate(GROUPS[1:]):
+        for col, group in enumerate(LOCALISATION_GROUPS[1:]):
             ax = axes[row, col]
             images = first["random"][group]["n"]
             flagged = 0
@@ -84,7 +80,7 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=drawing.SMALL)
     fig.suptitle(
-        f"{drawing.model_label(config)}: is the CAM on the object? Test "
+        f"{label}: is the CAM on the object? Test "
         f"split, pointing tolerance {report['tolerance_px']:.1f} px\n"
         "centre baseline: Gaussian at the image centre; random baseline: uniform noise",
         fontsize=10,
@@ -92,7 +88,7 @@ def _localisation_figure(config: ModelConfig, report: dict, methods: list[str]) 
     return fig
 
 
-def _curves_figure(config: ModelConfig, report: dict, arrays: Mapping[str, np.ndarray]) -> Figure:
+def _curves_figure(label: str, report: dict, arrays: Mapping[str, np.ndarray]) -> Figure:
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     fractions = arrays["fractions"]
@@ -121,10 +117,10 @@ def _curves_figure(config: ModelConfig, report: dict, arrays: Mapping[str, np.nd
         ax.set_title(f"{kind}: {better}", fontsize=9)
         ax.tick_params(labelsize=drawing.SMALL)
         ax.legend(fontsize=drawing.SMALL)
-    return _titled(fig, config, report, "find what the score needs", f", {report['steps']} steps")
+    return _titled(fig, label, report, "find what the score needs", f", {report['steps']} steps")
 
 
-def _sanity_curves_figure(config: ModelConfig, report: dict) -> Figure:
+def _sanity_curves_figure(label: str, report: dict) -> Figure:
     names = report["methods"][next(iter(report["methods"]))]["sanity"]["steps"]
     fig = Figure(figsize=(max(9.0, 4 + 0.5 * len(names)), 4.4), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -134,18 +130,15 @@ def _sanity_curves_figure(config: ModelConfig, report: dict) -> Figure:
         sanity = entry["sanity"]
         verdict = {True: "passes", False: "fails", None: "undefined"}[sanity["passes"]]
         # Step 0 compares the trained model's maps with themselves: 1 by definition, drawn as the starting point.
-        for ax, values, label in (
+        for ax, values, legend in (
             (axes[0], sanity["spearman"], f"{METHOD_NAMES[method]}: {verdict}"),
             (axes[1], sanity["ssim"], METHOD_NAMES[method]),
         ):
             values = [np.nan if v is None else v for v in values]
-            ax.plot(x, [1.0, *values], marker="o", markersize=3, color=f"C{k}", label=label)
+            ax.plot(x, [1.0, *values], marker="o", markersize=3, color=f"C{k}", label=legend)
+    threshold = report["sanity_threshold"]
     axes[0].axhline(
-        SANITY_THRESHOLD,
-        color="0.45",
-        linestyle="--",
-        linewidth=1,
-        label=f"pass: below {SANITY_THRESHOLD} when all are random",
+        threshold, color="0.45", linestyle="--", linewidth=1, label=f"pass: below {threshold} when all are random"
     )
     for ax, what in zip(axes, ("Spearman rank correlation", "SSIM")):
         ax.set_xticks(x, ticks, rotation=45, ha="right", fontsize=drawing.SMALL)
@@ -154,11 +147,11 @@ def _sanity_curves_figure(config: ModelConfig, report: dict) -> Figure:
         ax.set_ylim(top=1.05)
         ax.tick_params(axis="y", labelsize=drawing.SMALL)
         ax.legend(fontsize=drawing.SMALL)
-    return _titled(fig, config, report, "change as the weights are destroyed")
+    return _titled(fig, label, report, "change as the weights are destroyed")
 
 
 def _sanity_maps_figure(
-    config: ModelConfig,
+    label: str,
     report: dict,
     arrays: Mapping[str, np.ndarray],
     images: np.ndarray,
@@ -172,7 +165,7 @@ def _sanity_maps_figure(
     fig, axes = drawing.grid(
         len(images) * len(methods),
         2 + len(picked),
-        f"{drawing.model_label(config)}: {report['layer']} maps as the stages are re-initialised, head first",
+        f"{label}: {report['layer']} maps as the stages are re-initialised, head first",
         label_inches=1.2,
         title_lines=2,
     )
@@ -188,14 +181,8 @@ def _sanity_maps_figure(
             drawing.draw_cam(axes[row, 1], image, arrays[f"cam_{method}"][e], undefined, cmap, alpha)
             for col, step in enumerate(picked, start=2):
                 randomised = arrays[f"sanity_maps_{method}"][step, e]
-                drawing.draw_cam(
-                    axes[row, col],
-                    image,
-                    randomised,
-                    bool(undefined_maps(torch.from_numpy(randomised)[None])[0]),
-                    cmap,
-                    alpha,
-                )
+                undefined = bool(arrays[f"sanity_undefined_{method}"][step, e])
+                drawing.draw_cam(axes[row, col], image, randomised, undefined, cmap, alpha)
                 rho = arrays[f"sanity_spearman_{method}"][step, e]
                 similarity = arrays[f"sanity_ssim_{method}"][step, e]
                 header = f"+{steps[step]} ({step + 1}/{len(steps)})\n" if row == 0 else ""
@@ -228,7 +215,6 @@ def _read_report(path: Path) -> dict:
 
 
 def render_explanations(
-    checkpoint_path: str | Path,
     report_path: str | Path,
     arrays_dir: str | Path,
     out_dir: str | Path,
@@ -239,43 +225,35 @@ def render_explanations(
     """Draws what the explain job measured for one model; ``cmap`` and ``alpha`` style the heatmaps.
 
     Args:
-        checkpoint_path: The model's checkpoint (its config and class names).
         report_path: Its ``explanations.json``.
-        arrays_dir: The folder of its ``explanations.npz`` and ``maps.npz``.
+        arrays_dir: The folder of its ``explanations.npz``.
         out_dir: Folder for the figures (created).
 
     Returns:
         Paths of ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png`` and ``sanity_maps.png``.
     """
     drawing.check_heatmap_options("gradcam", cmap, alpha)
-    checkpoint = load_checkpoint(checkpoint_path)
-    config, classes = ModelConfig.from_dict(checkpoint["config"]), checkpoint["classes"]
     report = _read_report(Path(report_path))
     arrays = _read_arrays(Path(arrays_dir) / "explanations.npz")
-    inputs = _read_arrays(Path(arrays_dir) / "maps.npz")["inputs"]
-    out_dir = Path(out_dir)
+    label, out_dir = drawing.name_label(report["model"], report["arch"]), Path(out_dir)
     methods = list(report["methods"])
     skipped = report["methods"][methods[0]]["localisation_skipped"]
     if skipped is None:
-        localisation = _localisation_figure(config, report, methods)
+        localisation = _localisation_figure(label, report, methods)
     else:
-        localisation = _note_figure(config, f"localisation skipped: {skipped}")
+        localisation = _note_figure(label, f"localisation skipped: {skipped}")
     paths = [drawing.save_figure(localisation, out_dir / "localisation.png")]
-    paths.append(drawing.save_figure(_curves_figure(config, report, arrays), out_dir / "deletion_insertion.png"))
-    paths.append(drawing.save_figure(_sanity_curves_figure(config, report), out_dir / "sanity_curves.png"))
+    paths.append(drawing.save_figure(_curves_figure(label, report, arrays), out_dir / "deletion_insertion.png"))
+    paths.append(drawing.save_figure(_sanity_curves_figure(label, report), out_dir / "sanity_curves.png"))
     count = len(arrays["sanity_steps"])
     picked = np.unique(np.linspace(0, count - 1, min(count, MAX_STEP_COLUMNS)).round().astype(int)).tolist()
-    examples = arrays[f"sanity_maps_{methods[0]}"].shape[1]
-    images = drawing.display_images(torch.from_numpy(inputs[:examples]), config)
-    sample, labels = arrays["sample_indices"], arrays["sample_labels"]
-    names = [f"test image {sample[e]}\n{classes[labels[e]]}" for e in range(examples)]
-    maps = _sanity_maps_figure(config, report, arrays, images, names, picked, cmap, alpha)
+    images, sample = arrays["example_images"], arrays["sample_indices"]
+    names = [f"test image {sample[e]}\n{name}" for e, name in enumerate(arrays["example_classes"])]
+    maps = _sanity_maps_figure(label, report, arrays, images, names, picked, cmap, alpha)
     paths.append(drawing.save_figure(maps, out_dir / "sanity_maps.png"))
     return paths
 
 
 def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
     """The family's entry point (see ``convscope.figures``)."""
-    return render_explanations(
-        inputs["checkpoint"], inputs["explanations"], inputs["explanation_arrays"], out_dir, **settings
-    )
+    return render_explanations(inputs["explanations"], inputs["explanation_arrays"], out_dir, **settings)

@@ -25,7 +25,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from convscope.cam import METHOD_NAMES, grad_cam
+from convscope.cam import grad_cam
 from convscope.config import ModelConfig
 from convscope.contracts import Failure, Failures
 from convscope.data import read_index, shapes
@@ -33,8 +33,9 @@ from convscope.errors import ArtifactError, ConfigError
 from convscope.evaluation import open_model_and_split, read_test_predictions
 from convscope.explain import energy_in_mask, summary, test_energies
 from convscope.figures import drawing
+from convscope.methods import METHOD_NAMES
 from convscope.models import default_cam_layers, find_layers
-from convscope.transforms import eval_mask
+from convscope.transforms import display_images, eval_mask
 
 BATCH_SIZE = 64
 # predictions.csv stores confidences with 6 decimals; a larger gap means it came from another checkpoint.
@@ -229,7 +230,7 @@ def render_failures(
         fig = _failures_figure(
             config,
             rows,
-            drawing.display_images(inputs, config),
+            display_images(inputs, config),
             arrays,
             probabilities,
             energies,

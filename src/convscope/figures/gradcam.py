@@ -17,13 +17,15 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from convscope.cam import METHOD_NAMES, CamResult, grad_cam
+from convscope.cam import CamResult, grad_cam
 from convscope.config import ModelConfig
 from convscope.data import sample_indices
 from convscope.errors import ConfigError, DatasetError
 from convscope.evaluation import open_model_and_split, read_test_predictions
 from convscope.figures import drawing
+from convscope.methods import METHOD_NAMES
 from convscope.models import default_cam_layers, find_layers
+from convscope.transforms import display_images
 
 
 def _layers_figure(
@@ -95,7 +97,7 @@ def render_gradcam(
         out_dir: Folder for the outputs (created).
         layers: Module names; None uses :func:`default_cam_layers`.
         num_images: How many images (capped at the split's size).
-        method: one of :data:`convscope.cam.METHODS`.
+        method: one of :data:`convscope.methods.METHODS`.
         cmap: Matplotlib colour map of the heatmaps.
         alpha: Opacity of the heatmap over the image.
         split: Which split to sample.
@@ -129,7 +131,7 @@ def render_gradcam(
     inputs = torch.stack([source[i][0] for i in indices]).float()
     labels = [source.labels[i] for i in indices]
     result = grad_cam(model, inputs, layers, method=method)
-    images = drawing.display_images(inputs, config)
+    images = display_images(inputs, config)
     arrays = {
         "inputs": inputs.numpy(),
         "targets": result.targets.numpy().astype(np.int64),

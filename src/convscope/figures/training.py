@@ -13,10 +13,8 @@ import pandas as pd
 from matplotlib.colors import PowerNorm
 from matplotlib.ticker import PercentFormatter
 
-from convscope.config import ModelConfig
 from convscope.errors import ArtifactError
-from convscope.figures.drawing import SMALL, model_label, save_arrays, save_figure, save_text
-from convscope.training import load_checkpoint
+from convscope.figures.drawing import SMALL, name_label, save_arrays, save_figure, save_text
 
 ANNOTATE_MAX = 20  # confusion cells carry their value up to this many classes
 TICKS_MAX = 40  # class names on the confusion axes up to this many classes
@@ -164,41 +162,49 @@ def _reliability(calibration: dict, label: str, n: int) -> plt.Figure:
     return fig
 
 
-def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Writes training curves, the row-normalised test confusion matrix and per-class test accuracy.
+def _read_json(path: Path, what: str, step: str) -> object:
+    if not path.is_file():
+        raise ArtifactError(f"{what} {str(path)!r} not found; run the {step} step for this model first")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ArtifactError(
+            f"{what} {str(path)!r} cannot be read ({type(error).__name__}); rerun the {step} step"
+        ) from None
+
+
+def render_training(history_path: str | Path, metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Writes training curves, the row-normalised test confusion matrix and per-class test accuracy. Reads JSON
+    only, so the job needs neither torch nor the checkpoint.
 
     Args:
-        checkpoint_path: a convscope checkpoint (its ``history`` gives the curves).
-        metrics_path: the model's ``metrics.json`` (its ``test`` split gives the rest).
+        history_path: the model's ``history.json`` (one entry per epoch gives the curves).
+        metrics_path: the model's ``metrics.json`` (its model, architecture, classes and ``test`` split give the
+            rest).
         out_dir: folder for the files (created).
 
     Returns:
         ``training_curves.png/.csv``, ``confusion_matrix.png/.npz``, ``per_class_accuracy.png/.csv``,
         ``reliability.png/.csv``.
     """
-    metrics_path = Path(metrics_path)
-    if not metrics_path.is_file():
-        raise ArtifactError(f"metrics file {str(metrics_path)!r} not found; run the evaluate step for this model first")
-    checkpoint = load_checkpoint(checkpoint_path)
-    history = checkpoint.get("history") or []
-    if not history:
-        raise ArtifactError(
-            f"checkpoint {str(checkpoint_path)!r} has no training history; curves need at least one epoch"
-        )
-    test = json.loads(metrics_path.read_text()).get("splits", {}).get("test")
+    history_path, metrics_path = Path(history_path), Path(metrics_path)
+    history = _read_json(history_path, "training history", "train")
+    if not isinstance(history, list) or not history:
+        raise ArtifactError(f"training history {str(history_path)!r} is empty; curves need at least one epoch")
+    metrics = _read_json(metrics_path, "metrics file", "evaluate")
+    test = metrics.get("splits", {}).get("test")
     if test is None:
         raise ArtifactError(f"metrics file {str(metrics_path)!r} has no test split; rerun the evaluate step")
     if "calibration" not in test:
         raise ArtifactError(f"metrics file {str(metrics_path)!r} has no calibration; rerun the evaluate step")
-    classes = checkpoint["classes"]
+    classes = metrics["classes"]
     counts = np.asarray(test["confusion_matrix"], dtype=np.int64)
     if counts.shape != (len(classes), len(classes)):
         raise ArtifactError(
-            f"confusion matrix in {str(metrics_path)!r} is {counts.shape}, "
-            f"the checkpoint has {len(classes)} classes; re-evaluate this "
-            "checkpoint"
+            f"confusion matrix in {str(metrics_path)!r} is {counts.shape} for {len(classes)} classes; rerun the "
+            "evaluate step"
         )
-    label = model_label(ModelConfig.from_dict(checkpoint["config"]))
+    label = name_label(metrics["model"], metrics["arch"])
     out_dir = Path(out_dir)
 
     totals = counts.sum(axis=1, keepdims=True)
@@ -229,4 +235,4 @@ def render_training(checkpoint_path: str | Path, metrics_path: str | Path, out_d
 
 def render(inputs: Mapping[str, str], out_dir: Path, settings: dict) -> list[Path]:
     """The family's entry point (see ``convscope.figures``)."""
-    return render_training(inputs["checkpoint"], inputs["metrics"], out_dir, **settings)
+    return render_training(inputs["history"], inputs["metrics"], out_dir, **settings)

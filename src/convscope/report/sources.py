@@ -31,10 +31,10 @@ import yaml
 from PIL import Image
 
 from convscope import paths
-from convscope.cam import METHOD_NAMES
 from convscope.contracts import Agreement, Checkpoint, Explanations, Failures, Metrics
 from convscope.errors import ReportError
 from convscope.figures import FAMILIES, Family
+from convscope.methods import METHOD_NAMES
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
 # figures get a width that keeps their height inside that.
