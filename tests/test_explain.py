@@ -465,7 +465,7 @@ def test_explanation_figures_name_a_bad_colour_map_or_a_missing_artifact(trained
     write_explanations(trained["checkpoint"], tiny_index, built, built / "explanations.json", num_images=3, steps=2)
     cases = [
         ({"cmap": "nope"}, built, "'nope'"),
-        ({}, tmp_path / "missing", "run the explain job"),
+        ({}, tmp_path / "missing", "run the explain step"),
     ]
     for options, arrays, named in cases:
         out = tmp_path / "out"
@@ -473,7 +473,7 @@ def test_explanation_figures_name_a_bad_colour_map_or_a_missing_artifact(trained
             render_explanations(built / "explanations.json", arrays, out, **options)
         assert "\n" not in str(error.value) and not out.exists()
     (built / "explanations.npz").write_bytes(b"not a zip")
-    with pytest.raises(UserError, match="rerun the explain job"):
+    with pytest.raises(UserError, match="rerun the explain step"):
         render_explanations(built / "explanations.json", built, tmp_path / "out")
 
 

@@ -2,11 +2,12 @@
 
 import errno
 
+import numpy as np
 import pytest
 import torch
 
 from convscope.errors import ArtifactError
-from convscope.io import write_atomic, write_json_atomic
+from convscope.io import read_artifact, write_atomic, write_json_atomic, write_npz_atomic
 from convscope.training import save_atomic
 
 
@@ -64,3 +65,22 @@ def test_write_json_atomic_round_trips(tmp_path):
     path = write_json_atomic(tmp_path / "a" / "b.json", {"k": [1, 2]})
     assert path.read_text() == '{\n "k": [\n  1,\n  2\n ]\n}\n'
     assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_artifacts_read_back_and_a_missing_or_broken_one_names_the_step_to_rerun(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {"n": [1, 2]})
+    write_npz_atomic(tmp_path / "a.npz", x=np.arange(3), names=np.asarray(["p", "q"]))
+    assert read_artifact(tmp_path / "a.json", "evaluate") == {"n": [1, 2]}
+    arrays = read_artifact(tmp_path / "a.npz", "explain")
+    assert arrays["x"].tolist() == [0, 1, 2] and arrays["names"].tolist() == ["p", "q"]
+    (tmp_path / "broken.json").write_text('{"n": ')
+    (tmp_path / "broken.npz").write_bytes(b"PK not a zip")
+    cases = [
+        ("missing.json", "not found; run the evaluate step"),
+        ("broken.json", "cannot be read .*rerun the evaluate step"),
+        ("broken.npz", "cannot be read .*rerun the evaluate step"),
+    ]
+    for name, message in cases:
+        with pytest.raises(ArtifactError, match=message) as error:
+            read_artifact(tmp_path / name, "evaluate")
+        assert "\n" not in str(error.value) and name in str(error.value)

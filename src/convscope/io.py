@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +67,28 @@ def write_npz_atomic(path: str | Path, **arrays: object) -> Path:
     import numpy as np  # only the jobs that write arrays pay for it
 
     return write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def read_artifact(path: str | Path, step: str) -> Any:
+    """Reads a JSON (``.json``) or array (``.npz``, as a dict of arrays) artifact that the ``step`` step wrote.
+
+    Raises:
+        ArtifactError: the file is missing or unreadable; the message names it and the step to (re)run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{str(path)!r} not found; run the {step} step for this model first")
+    try:
+        if path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as arrays:
+                return {key: arrays[key] for key in arrays.files}
+        return json.loads(path.read_text())
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ArtifactError(
+            f"{str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun the {step} step"
+        ) from None
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

@@ -268,7 +268,7 @@ def inference_copy(model: nn.Module, dtype: torch.dtype = torch.float32, channel
     it, weights in ``dtype``, and ``channels_last`` memory format if asked. The caller's model is left as it was.
 
     Folding removes a pass over every activation, and weights already in the autocast dtype are not cast again in
-    every forward: 1.25× for resnet18 in bf16 on the CPU (``benchmarks/bench_explain.py``). A model that
+    every forward: about 1.2× for resnet18 in bf16 on the CPU (``benchmarks/bench_explain.py``). A model that
     ``torch.fx`` cannot trace keeps its BatchNorms. The outputs equal the model's within ``dtype``'s rounding.
     """
     from torch.fx.experimental.optimization import fuse

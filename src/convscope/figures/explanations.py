@@ -8,8 +8,6 @@ the job imports no torch.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,8 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from convscope.contracts import LOCALISATION_GROUPS
-from convscope.errors import ArtifactError
 from convscope.figures import drawing
+from convscope.io import read_artifact
 from convscope.methods import METHOD_NAMES
 
 BASELINE_STYLES = {"centre": ("black", "--"), "random": ("0.45", ":")}
@@ -191,29 +189,6 @@ def _sanity_maps_figure(
     return fig
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path) as npz:
-            return {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise ArtifactError(f"{str(path)!r} not found; run the explain job for this model first") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise ArtifactError(
-            f"{str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun the explain job"
-        ) from None
-
-
-def _read_report(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{str(path)!r} not found; run the explain job for this model first") from None
-    except (OSError, ValueError) as error:
-        raise ArtifactError(
-            f"{str(path)!r} cannot be read ({type(error).__name__}); delete it and rerun the explain job"
-        ) from None
-
-
 def render_explanations(
     report_path: str | Path,
     arrays_dir: str | Path,
@@ -233,8 +208,8 @@ def render_explanations(
         Paths of ``localisation.png``, ``deletion_insertion.png``, ``sanity_curves.png`` and ``sanity_maps.png``.
     """
     drawing.check_heatmap_options("gradcam", cmap, alpha)
-    report = _read_report(Path(report_path))
-    arrays = _read_arrays(Path(arrays_dir) / "explanations.npz")
+    report = read_artifact(report_path, "explain")
+    arrays = read_artifact(Path(arrays_dir) / "explanations.npz", "explain")
     label, out_dir = drawing.name_label(report["model"], report["arch"]), Path(out_dir)
     methods = list(report["methods"])
     skipped = report["methods"][methods[0]]["localisation_skipped"]

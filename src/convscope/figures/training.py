@@ -3,7 +3,6 @@ reliability diagram of the test split (its numbers come from ``metrics.json``)."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from matplotlib.ticker import PercentFormatter
 
 from convscope.errors import ArtifactError
 from convscope.figures.drawing import SMALL, name_label, save_arrays, save_figure, save_text
+from convscope.io import read_artifact
 
 ANNOTATE_MAX = 20  # confusion cells carry their value up to this many classes
 TICKS_MAX = 40  # class names on the confusion axes up to this many classes
@@ -162,17 +162,6 @@ def _reliability(calibration: dict, label: str, n: int) -> plt.Figure:
     return fig
 
 
-def _read_json(path: Path, what: str, step: str) -> object:
-    if not path.is_file():
-        raise ArtifactError(f"{what} {str(path)!r} not found; run the {step} step for this model first")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ArtifactError(
-            f"{what} {str(path)!r} cannot be read ({type(error).__name__}); rerun the {step} step"
-        ) from None
-
-
 def render_training(history_path: str | Path, metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Writes training curves, the row-normalised test confusion matrix and per-class test accuracy. Reads JSON
     only, so the job needs neither torch nor the checkpoint.
@@ -188,10 +177,10 @@ def render_training(history_path: str | Path, metrics_path: str | Path, out_dir:
         ``reliability.png/.csv``.
     """
     history_path, metrics_path = Path(history_path), Path(metrics_path)
-    history = _read_json(history_path, "training history", "train")
+    history = read_artifact(history_path, "train")
     if not isinstance(history, list) or not history:
         raise ArtifactError(f"training history {str(history_path)!r} is empty; curves need at least one epoch")
-    metrics = _read_json(metrics_path, "metrics file", "evaluate")
+    metrics = read_artifact(metrics_path, "evaluate")
     test = metrics.get("splits", {}).get("test")
     if test is None:
         raise ArtifactError(f"metrics file {str(metrics_path)!r} has no test split; rerun the evaluate step")
