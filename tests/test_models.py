@@ -164,3 +164,26 @@ def test_inference_copy_folds_batchnorm_and_keeps_the_outputs(arch):
         assert next(p for p in low.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
         error = (low(x.to(torch.bfloat16)).float() - expected).abs().max()
         assert error < 0.05 * expected.abs().max(), "bf16 rounding, relative to the logits' scale"
+
+
+class _Branching(torch.nn.Module):
+    """A forward with data-dependent control flow, which torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        return out if out.sum() > 0 else -out
+
+
+def test_inference_copy_of_an_untraceable_model_keeps_its_batchnorm():
+    torch.manual_seed(0)
+    model = _Branching()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    copied = inference_copy(model)
+    assert isinstance(copied.bn, torch.nn.BatchNorm2d) and model.training
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), model.eval()(x))

@@ -106,7 +106,6 @@ EXAMPLES = 2  # images whose randomised maps are kept for the sanity figure
 class Explanations:
     """What the explain job measured: the JSON report and the arrays behind it."""
 
-    config: ModelConfig
     report: ExplanationsReport
     arrays: dict[str, object]  # explanations.npz
     maps: dict[str, object]  # maps.npz: the sample's inputs and maps of every method at every layer
@@ -425,7 +424,7 @@ def compute_explanations(
             maps_npz[f"cam_{method}_{name}"] = found[method].maps[name].numpy()
             maps_npz[f"flags_{method}_{name}"] = found[method].flags[name].numpy()
 
-    return Explanations(config, report, arrays, maps_npz)
+    return Explanations(report, arrays, maps_npz)
 
 
 def write_explanations(

@@ -25,9 +25,7 @@ class Family:
     name: str
     module: str
     title: str
-    # Artifacts beyond the checkpoint and the dataset index: "history", "metrics", "predictions", "explanations"
-    # (the JSON) and "explanation_arrays" (the folder of explanations.npz and maps.npz).
-    reads: tuple[str, ...]
+    reads: tuple[str, ...]  # artifacts beyond the checkpoint and the dataset index, named as in figure_inputs
     settings: Callable[[FiguresConfig, str], dict]  # (figures config, model name) -> render's settings
 
     @property
