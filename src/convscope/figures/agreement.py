@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from convscope.agreement import Found, compute_agreement
 from convscope.explain import undefined_maps
 from convscope.figures import drawing
-from convscope.io import write_json_atomic
+from convscope.io import write_json_atomic, write_npz_atomic
 from convscope.methods import METHOD_NAMES
 from convscope.transforms import display_images
 
@@ -102,6 +102,6 @@ def render_agreement(
     else:
         fig = _agreement_figure(found, cmap, alpha)
     paths.append(drawing.save_figure(fig, out_dir / "agreement.png"))
-    paths.append(drawing.save_arrays(out_dir / "agreement.npz", **found.arrays))
+    paths.append(write_npz_atomic(out_dir / "agreement.npz", **found.arrays))
     print(f"compare: {found.report['skipped'] or 'mean Spearman ' + _score(found.report['mean_spearman'])}")
     return paths

@@ -11,7 +11,8 @@ import torchinfo
 from torch import nn
 
 from convscope.evaluation import load_model
-from convscope.figures.drawing import model_label, pair, save_text
+from convscope.figures.drawing import model_label, pair
+from convscope.io import write_text_atomic
 from convscope.models import stages
 
 COLUMNS = ("layer", "output_shape", "parameters", "details")
@@ -96,9 +97,9 @@ def render_architecture(checkpoint_path: str | Path, index_path: str | Path, out
         *(f"| {r['layer']} | {r['output_shape']} | {r['parameters']:,} | {r['details']} |" for r in rows),
     ]
     return [
-        save_text(out_dir / "architecture.txt", f"{model}\n"),
-        save_text(out_dir / "stages.md", "\n".join(markdown) + "\n"),
-        save_text(out_dir / "stages.csv", table.getvalue()),
+        write_text_atomic(out_dir / "architecture.txt", f"{model}\n"),
+        write_text_atomic(out_dir / "stages.md", "\n".join(markdown) + "\n"),
+        write_text_atomic(out_dir / "stages.csv", table.getvalue()),
     ]
 
 

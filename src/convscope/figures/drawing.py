@@ -25,7 +25,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from convscope.errors import ConfigError  # noqa: E402
-from convscope.io import write_atomic, write_npz_atomic, write_text_atomic  # noqa: E402
+from convscope.io import write_atomic  # noqa: E402
 from convscope.methods import METHODS  # noqa: E402
 
 if TYPE_CHECKING:
@@ -98,16 +98,6 @@ def _sticks_out(text: Text, fig: Figure) -> bool:
     # Measured as the last draw, the PNG's at DPI, laid the text out.
     extent = text.get_window_extent(dpi=DPI)
     return extent.x0 < 0 or extent.x1 > fig.get_figwidth() * DPI
-
-
-def save_arrays(path: str | Path, **arrays: object) -> Path:
-    """Writes named arrays to an ``.npz`` file atomically."""
-    return write_npz_atomic(path, **arrays)
-
-
-def save_text(path: str | Path, text: str) -> Path:
-    """Writes UTF-8 text atomically."""
-    return write_text_atomic(path, text)
 
 
 def model_label(config: ModelConfig) -> str:

@@ -14,7 +14,6 @@ the mask's mean share of the image per group: what a map spread evenly would sco
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from convscope.errors import ArtifactError, ConfigError
 from convscope.evaluation import open_model_and_split, read_test_predictions
 from convscope.explain import energy_in_mask, summary, test_energies
 from convscope.figures import drawing
+from convscope.io import write_json_atomic, write_npz_atomic
 from convscope.methods import METHOD_NAMES
 from convscope.models import default_cam_layers, find_layers
 from convscope.transforms import display_images, eval_mask
@@ -279,7 +279,7 @@ def render_failures(
         energy_figure = drawing.save_figure(
             _energy_figure(config, values, correct, areas, stats, layer, method), out_dir / "failure_energy.png"
         )
-    paths.append(drawing.save_arrays(out_dir / "failures.npz", **arrays))
+    paths.append(write_npz_atomic(out_dir / "failures.npz", **arrays))
     summary_json: Failures = {
         "k": k,
         "layer": layer,
@@ -287,7 +287,7 @@ def render_failures(
         "energy_in_mask": stats,
         "mask_area": mask_area,
     }
-    paths.append(drawing.save_text(out_dir / "failures.json", json.dumps(summary_json, indent=1) + "\n"))
+    paths.append(write_json_atomic(out_dir / "failures.json", summary_json))
     return paths + ([energy_figure] if has_masks else [])
 
 

@@ -13,7 +13,8 @@ from convscope.cam import ActivationRecorder
 from convscope.data import open_split, sample_indices
 from convscope.errors import ArtifactError, ConfigError, LayerError
 from convscope.evaluation import load_model
-from convscope.figures.drawing import SMALL, model_label, save_arrays, save_figure
+from convscope.figures.drawing import SMALL, model_label, save_figure
+from convscope.io import write_npz_atomic
 from convscope.models import conv_module_names, find_layers, logits_of, stages
 from convscope.transforms import build_transform, denormalise
 
@@ -152,7 +153,7 @@ def render_feature_maps(
             f"({probabilities[n, predicted[n]]:.0%})"
         )
         files.append(save_figure(_figure(label, arrays["images"][n], title, rows), out_dir / f"feature_maps_{n}.png"))
-    files.append(save_arrays(out_dir / "feature_maps.npz", **arrays))
+    files.append(write_npz_atomic(out_dir / "feature_maps.npz", **arrays))
     return files
 
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from convscope.errors import LayerError
 from convscope.evaluation import load_model
-from convscope.figures.drawing import SMALL, check_cmap, model_label, pair, save_arrays, save_figure, tile
+from convscope.figures.drawing import SMALL, check_cmap, model_label, pair, save_figure, tile
+from convscope.io import write_npz_atomic
 from convscope.models import conv_layers, find_layers
 
 MAX_SHOWN = 64  # deeper layers: the first 64 filters, an 8×8 grid that stays legible
@@ -52,7 +53,9 @@ def _render_first(model: nn.Module, label: str, out_dir: Path) -> list[Path]:
     )
     return [
         save_figure(fig, out_dir / "filters_first.png"),
-        save_arrays(out_dir / "filters_first.npz", layer=name, weight=weight.numpy(), grid=grid, low=low, high=high),
+        write_npz_atomic(
+            out_dir / "filters_first.npz", layer=name, weight=weight.numpy(), grid=grid, low=low, high=high
+        ),
     ]
 
 
@@ -77,7 +80,7 @@ def _render_mean(model: nn.Module, name: str, label: str, cmap: str, out_dir: Pa
     fig.colorbar(image, ax=ax, shrink=0.8, label="mean weight")
     return [
         save_figure(fig, out_dir / f"filters_{name}.png"),
-        save_arrays(out_dir / f"filters_{name}.npz", layer=name, channel_mean=channel_mean.numpy(), grid=grid),
+        write_npz_atomic(out_dir / f"filters_{name}.npz", layer=name, channel_mean=channel_mean.numpy(), grid=grid),
     ]
 
 

@@ -23,6 +23,7 @@ from convscope.data import sample_indices
 from convscope.errors import ConfigError, DatasetError
 from convscope.evaluation import open_model_and_split, read_test_predictions
 from convscope.figures import drawing
+from convscope.io import write_npz_atomic
 from convscope.methods import METHOD_NAMES
 from convscope.models import default_cam_layers, find_layers
 from convscope.transforms import display_images
@@ -141,7 +142,7 @@ def render_gradcam(
     for layer in result.maps:
         arrays[f"cam_{layer}"] = result.maps[layer].numpy().astype(np.float32)
         arrays[f"flags_{layer}"] = result.flags[layer].numpy().astype(bool)
-    paths = [drawing.save_arrays(out_dir / "gradcam.npz", **arrays)]
+    paths = [write_npz_atomic(out_dir / "gradcam.npz", **arrays)]
     names = [f"{split} image {i}" for i in indices]  # the index the report and predictions.csv use
     fig = _layers_figure(config, images, result, labels, source.classes, names, method, cmap, alpha)
     paths.append(drawing.save_figure(fig, out_dir / "gradcam_layers.png"))
@@ -221,7 +222,7 @@ def _render_classes(
             )
     drawing.cam_colorbar(fig, axes[:, 1:], cmap)
     return [
-        drawing.save_arrays(out_dir / "gradcam_classes.npz", **arrays),
+        write_npz_atomic(out_dir / "gradcam_classes.npz", **arrays),
         drawing.save_figure(fig, out_dir / "gradcam_classes.png"),
     ]
 

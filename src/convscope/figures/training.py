@@ -13,8 +13,8 @@ from matplotlib.colors import PowerNorm
 from matplotlib.ticker import PercentFormatter
 
 from convscope.errors import ArtifactError
-from convscope.figures.drawing import SMALL, name_label, save_arrays, save_figure, save_text
-from convscope.io import read_artifact
+from convscope.figures.drawing import SMALL, name_label, save_figure
+from convscope.io import read_artifact, write_npz_atomic, write_text_atomic
 
 ANNOTATE_MAX = 20  # confusion cells carry their value up to this many classes
 TICKS_MAX = 40  # class names on the confusion axes up to this many classes
@@ -212,13 +212,13 @@ def render_training(history_path: str | Path, metrics_path: str | Path, out_dir:
 
     return [
         save_figure(_curves(history, label), out_dir / "training_curves.png"),
-        save_text(out_dir / "training_curves.csv", pd.DataFrame(history).to_csv(index=False)),
+        write_text_atomic(out_dir / "training_curves.csv", pd.DataFrame(history).to_csv(index=False)),
         save_figure(_confusion(normalised, classes, label, test), out_dir / "confusion_matrix.png"),
-        save_arrays(out_dir / "confusion_matrix.npz", counts=counts, normalised=normalised, classes=classes),
+        write_npz_atomic(out_dir / "confusion_matrix.npz", counts=counts, normalised=normalised, classes=classes),
         save_figure(_per_class(table, label, test["top1"]), out_dir / "per_class_accuracy.png"),
-        save_text(out_dir / "per_class_accuracy.csv", table.to_csv(index=False)),
+        write_text_atomic(out_dir / "per_class_accuracy.csv", table.to_csv(index=False)),
         save_figure(_reliability(test["calibration"], label, test["n"]), out_dir / "reliability.png"),
-        save_text(out_dir / "reliability.csv", pd.DataFrame(test["calibration"]["bins"]).to_csv(index=False)),
+        write_text_atomic(out_dir / "reliability.csv", pd.DataFrame(test["calibration"]["bins"]).to_csv(index=False)),
     ]
 
 
