@@ -359,9 +359,14 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
             f"spearman needs two tensors of one N×… shape, got {tuple(getattr(a, 'shape', ()))} "
             f"and {tuple(getattr(b, 'shape', ()))}"
         )
-    ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return ((ra * rb).sum(1) / (ra.square().sum(1) * rb.square().sum(1)).sqrt()).float()
+    return rank_correlation(average_ranks(a.flatten(1)), average_ranks(b.flatten(1)))
+
+
+def rank_correlation(ra: Tensor, rb: Tensor) -> Tensor:
+    """Spearman's rho from ranks (:func:`average_ranks`) along the last dimension, rows broadcast against each
+    other: the Pearson correlation of the ranks. NaN where either row is constant."""
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    return ((ra * rb).sum(-1) / (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()).float()
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
@@ -512,7 +517,8 @@ def cascading_randomisations(
         undefined = undefined_maps(original, trained[method].flags[layer])
         s, n = maps.shape[:2]
         pairs = (original.expand_as(maps).reshape(s * n, *original.shape[1:]), maps.reshape(s * n, *original.shape[1:]))
-        rho = spearman(*pairs).view(s, n).nan_to_num(0.0)  # NaN here means a constant randomised map: nothing kept
+        # The trained maps are ranked once for every step; NaN means a constant randomised map: nothing kept.
+        rho = rank_correlation(average_ranks(original.flatten(1)), average_ranks(maps.flatten(2))).nan_to_num(0.0)
         similarity = ssim(*pairs).view(s, n)
         out[method] = Sanity(
             steps=names,
