@@ -125,3 +125,16 @@ def test_a_registered_family_without_a_block_gets_its_title_and_every_figure(tmp
         for i, n in enumerate((2, 10))
     ]
     assert sorted(p.name for p in (tmp_path / "out/figures/tiny/saliency").iterdir()) == ["maps_10.png", "maps_2.png"]
+
+
+def test_a_broken_artifact_names_the_step_that_rebuilds_it(tmp_path):
+    from convscope import paths
+    from convscope.errors import ArtifactError
+    from convscope.report.sources import agreement_data
+
+    broken = tmp_path / paths.AGREEMENT
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"skipped": ')  # cut off mid-write
+    with pytest.raises(ArtifactError, match="agreement.json.*rerun the compare_models step") as error:
+        agreement_data(tmp_path, FigureCopier(tmp_path / "out", "_generated"))
+    assert "\n" not in str(error.value)

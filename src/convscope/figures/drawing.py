@@ -1,4 +1,6 @@
-"""What the figure families draw with: atomic PNG/array/text writers, image grids, heatmap panels, colour bars.
+"""What the figure families draw with: the atomic PNG writer, image grids, heatmap panels, colour bars.
+
+Arrays, text and JSON go through :mod:`convscope.io`'s atomic writers.
 
 Every family imports these instead of another family's module, so a heatmap looks the same in every figure.
 Torch is imported only by the functions that take tensors, so a family that reads JSON alone starts in ~1 s.
@@ -121,7 +123,7 @@ def tile(images: torch.Tensor, pad_value: float) -> np.ndarray:
     count, _, height, width = images.shape
     # Tiles per row so the grid comes out about square, also for 1×7 or 3×1 kernels.
     nrow = min(count, math.ceil(math.sqrt(count * (height + 1) / (width + 1))))
-    import torchvision  # here, not at the top: the families that draw no tensors do not import torch (~4 s)
+    import torchvision  # here, not at the top: the families that draw no tensors do not import torch (~3 s)
 
     grid = torchvision.utils.make_grid(images, nrow=nrow, padding=1, pad_value=pad_value)
     # make_grid copies a single channel to three; keep one so colour maps apply.

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import numpy as np
 import yaml
 from PIL import Image
 
@@ -34,6 +33,7 @@ from convscope import paths
 from convscope.contracts import Agreement, Checkpoint, Explanations, Failures, Metrics
 from convscope.errors import ReportError
 from convscope.figures import FAMILIES, Family
+from convscope.io import read_artifact
 from convscope.methods import METHOD_NAMES
 
 # The PDF's text block is about 6.5 × 9 in; a figure taller than 80% of it would be pushed or cut, so tall
@@ -138,8 +138,8 @@ def load_model_artifacts(name: str, workdir: Path) -> ModelArtifacts:
     checkpoint_path = workdir / paths.CHECKPOINT.format(model=name)
     checkpoint = load_checkpoint(checkpoint_path)
     parameters = sum(p.numel() for p in model_from_checkpoint(checkpoint).parameters())
-    metrics = json.loads((workdir / paths.METRICS.format(model=name)).read_text())
-    explanations = json.loads((workdir / paths.EXPLANATIONS.format(model=name)).read_text())
+    metrics = read_artifact(workdir / paths.METRICS.format(model=name), "evaluate")
+    explanations = read_artifact(workdir / paths.EXPLANATIONS.format(model=name), "explain")
     return ModelArtifacts(
         name,
         checkpoint,
@@ -360,8 +360,7 @@ def feature_maps_data(m: ModelArtifacts) -> dict[str, Any]:
     """The feature-map figures shown in the body, each with the test-split index its title names."""
     folder = m.figures / "feature_maps"
     maps = sorted(folder.glob("feature_maps_*.png"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    with np.load(folder / "feature_maps.npz") as arrays:
-        indices = [int(i) for i in arrays["indices"]]
+    indices = [int(i) for i in read_artifact(folder / "feature_maps.npz", "figures")["indices"]]
     shown = [
         {"path": p.relative_to(m.figures), "image": indices[int(p.stem.rsplit("_", 1)[1])]}
         for p in maps[:FEATURE_MAP_FIGURES]
@@ -371,7 +370,7 @@ def feature_maps_data(m: ModelArtifacts) -> dict[str, Any]:
 
 def failures_data(m: ModelArtifacts) -> dict[str, Any]:
     """The most confident misclassifications, their table and the CAM-in-object statistics."""
-    summary: Failures = json.loads((m.figures / "failures/failures.json").read_text())
+    summary: Failures = read_artifact(m.figures / "failures/failures.json", "figures")
     failures = summary["failures"]
     has_energy, has_texture = summary["energy_in_mask"] is not None, bool(failures) and "texture" in failures[0]
     header = ["test image", "true class", "predicted", "confidence"] + (["background"] if has_texture else [])
@@ -493,7 +492,7 @@ def agreement_data(workdir: Path, figure: FigureCopier) -> dict[str, Any]:
     path = workdir / paths.AGREEMENT
     if not path.is_file():
         return {"skipped": f"no {code(paths.AGREEMENT)} was built"}
-    report: Agreement = json.loads(path.read_text())
+    report: Agreement = read_artifact(path, "compare_models")
     if report["skipped"]:
         return {"skipped": md(report["skipped"])}
     rows = [
