@@ -1,9 +1,7 @@
-import sys
-
 from convscope import jobs
 from convscope.figures.agreement import render_agreement
 
 out, inp, params = snakemake.output, snakemake.input, snakemake.params
 checkpoints = dict(zip(params.models, inp.checkpoints))
 step = lambda: render_agreement(checkpoints, inp.index, out.figures, out.agreement, **params.settings)
-sys.exit(jobs.guarded(step, out, snakemake.log[0]))
+jobs.run(step, out, snakemake.log[0])

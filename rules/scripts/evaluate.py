@@ -1,5 +1,3 @@
-import sys
-
 from convscope import evaluation, jobs
 from convscope.config import RuntimeConfig
 
@@ -8,4 +6,4 @@ out, inp = snakemake.output, snakemake.input
 step = lambda: evaluation.evaluate_model(
     inp.checkpoint, inp.index, out.metrics, out.predictions, out.timings, runtime, snakemake.threads
 )
-sys.exit(jobs.guarded(step, out, snakemake.log[0]))
+jobs.run(step, out, snakemake.log[0])

@@ -1,8 +1,6 @@
-import sys
-
 from convscope import jobs
 from convscope.explanations import write_explanations
 
 out, inp = snakemake.output, snakemake.input
 step = lambda: write_explanations(inp.checkpoint, inp.index, out.arrays, out.explanations, **snakemake.params.settings)
-sys.exit(jobs.guarded(step, out, snakemake.log[0]))
+jobs.run(step, out, snakemake.log[0])

@@ -1,5 +1,3 @@
-import sys
-
 from convscope import figures, jobs
 
 # Torch takes its thread count from OMP_NUM_THREADS, which Snakemake sets to the rule's threads (one: a figure job
@@ -7,4 +5,4 @@ from convscope import figures, jobs
 # keeps it out of the families that draw from JSON alone.
 family, settings = snakemake.wildcards.family, snakemake.params.settings
 step = lambda: figures.render(family, dict(snakemake.input), snakemake.output[0], settings)
-sys.exit(jobs.guarded(step, snakemake.output, snakemake.log[0]))
+jobs.run(step, snakemake.output, snakemake.log[0])

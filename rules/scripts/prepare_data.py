@@ -1,7 +1,5 @@
-import sys
-
 from convscope import data, jobs
 from convscope.config import DatasetConfig
 
 dataset = DatasetConfig.from_dict(snakemake.params.dataset)
-sys.exit(jobs.guarded(lambda: data.prepare(dataset, snakemake.output.index), snakemake.output, snakemake.log[0]))
+jobs.run(lambda: data.prepare(dataset, snakemake.output.index), snakemake.output, snakemake.log[0])

@@ -1,4 +1,3 @@
-import sys
 from pathlib import Path
 
 from convscope import jobs
@@ -6,4 +5,4 @@ from convscope.report.render import render_report
 
 out = snakemake.output
 step = lambda: render_report(Path(snakemake.input.project).parent)
-sys.exit(jobs.guarded(step, out, snakemake.log[0]))
+jobs.run(step, out, snakemake.log[0])

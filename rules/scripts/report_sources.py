@@ -1,5 +1,3 @@
-import sys
-
 from convscope import jobs
 from convscope.report.sources import write_sources
 
@@ -7,4 +5,4 @@ out, inp, params = snakemake.output, snakemake.input, snakemake.params
 step = lambda: write_sources(
     params.models, params.config, inp.index, out.generated, out.variables, snakemake.scriptdir, params.benchmarks
 )
-sys.exit(jobs.guarded(step, out, snakemake.log[0]))
+jobs.run(step, out, snakemake.log[0])

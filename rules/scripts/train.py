@@ -1,5 +1,3 @@
-import sys
-
 from convscope import jobs, training
 from convscope.config import ModelConfig, RuntimeConfig
 
@@ -7,4 +5,4 @@ model = ModelConfig.from_dict(snakemake.params.model)
 runtime = RuntimeConfig.from_dict(snakemake.params.runtime)
 out = snakemake.output
 step = lambda: training.train(model, runtime, snakemake.input.index, out.checkpoint, out.history, snakemake.threads)
-sys.exit(jobs.guarded(step, out, snakemake.log[0]))
+jobs.run(step, out, snakemake.log[0])

@@ -1,21 +1,23 @@
 """The one place that turns a step's errors into a clean exit.
 
-Snakemake jobs (``rules/scripts/*.py``) and the ``convscope`` command run each step through ``guarded``, so
-both behave the same on bad input: a one-line error naming the culprit and the fix, exit status 1, and no
-half-written output. This module imports no step: a job's code is what its script imports (``codedeps``).
+Snakemake jobs (``rules/scripts/*.py``, through ``run``) and the ``convscope`` command run each step through
+``guarded``, so both behave the same on bad input: a one-line error naming the culprit and the fix, exit status
+1, and no half-written output. This module imports no step: a job's code is what its script imports
+(``codedeps``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from convscope.errors import UserError
 
@@ -79,3 +81,19 @@ def guarded(step: Callable[[], object], outputs: Iterable[str | Path] = (), log:
                 traceback.print_exc(file=log_file)
             raise
     return 0
+
+
+def run(step: Callable[[], object], outputs: Iterable[str | Path], log: str | Path) -> NoReturn:
+    """A Snakemake job: runs ``step`` through :func:`guarded` and ends the process with its exit status.
+
+    The process ends at once (``os._exit``) once stdout and stderr are flushed: the outputs and the log are
+    written and closed by then, and the interpreter's own shutdown, whose final garbage collection walks every
+    object of torch's compiler stack, took ~1 s of each job (measured: the mobilenet_v3_small explain job ran 10.3 s
+    with it, 9.2 s without). A job with live child processes (loader workers) exits normally, which joins them.
+    """
+    code = guarded(step, outputs, log)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if multiprocessing.active_children():
+        sys.exit(code)
+    os._exit(code)
