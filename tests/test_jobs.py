@@ -1,11 +1,15 @@
 """jobs.run ends a job process at once: what the step printed and logged must be out, and its status kept."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
+# Buffered stdio, as a job gets it from Snakemake: with PYTHONUNBUFFERED set, a missing flush would go unnoticed.
+BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 
-def run_job(tmp_path, body: str) -> subprocess.CompletedProcess:
+
+def write_job(tmp_path, body: str) -> list[str]:
     script = tmp_path / "job.py"
     script.write_text(
         textwrap.dedent(
@@ -19,7 +23,11 @@ def run_job(tmp_path, body: str) -> subprocess.CompletedProcess:
         )
         + textwrap.dedent(body)
     )
-    return subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    return [sys.executable, str(script), str(tmp_path)]
+
+
+def run_job(tmp_path, body: str) -> subprocess.CompletedProcess:
+    return subprocess.run(write_job(tmp_path, body), capture_output=True, text=True, timeout=120, env=BUFFERED)
 
 
 def test_a_finished_job_exits_0_with_its_output_and_log_flushed(tmp_path):
@@ -71,7 +79,8 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 
 
 def test_a_job_with_a_live_child_process_waits_for_it(tmp_path):
-    result = run_job(
+    # No pipes: a child holding the captured stdout open would keep subprocess.run waiting whatever the job did.
+    command = write_job(
         tmp_path,
         """
         def child():
@@ -83,5 +92,6 @@ def test_a_job_with_a_live_child_process_waits_for_it(tmp_path):
             jobs.run(step, [], tmp / "job.log")
         """,
     )
-    assert result.returncode == 0, result.stderr
+    job = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, env=BUFFERED)
+    assert job.returncode == 0
     assert (tmp_path / "child.txt").read_text() == "finished"

@@ -572,8 +572,8 @@ def impute(
     for all removed pixels of an image at once as one sparse linear system (SuperLU, as pytorch-grad-cam's
     ``spsolve``, but in symmetric mode: the system is symmetric, and that ordering solves it ~1.5× faster, with
     the same values to ~1e-13), plus Gaussian noise of standard deviation ``noise``. The images' systems are
-    solved on ``torch.get_num_threads()`` threads (SuperLU releases the GIL while it factorises but takes it for
-    memory: two threads ran 1.7× faster than one); the noise is drawn afterwards, in order.
+    solved on ``torch.get_num_threads()`` threads (SuperLU releases the GIL while it factorises; building a system
+    holds it: two threads ran 1.7× faster than one); the noise is drawn afterwards, in order.
 
     Args:
         images: B×C×H×W images.
@@ -625,10 +625,9 @@ def _linear_fill(image: np.ndarray, holes: np.ndarray) -> tuple[np.ndarray, np.n
     unknown = np.full((h + 2) * stride, -1)
     centre = (ys + 1) * stride + xs + 1
     unknown[centre] = np.arange(n)
-    known = np.zeros((c, (h + 2) * stride))
-    known[:, ((np.arange(h)[:, None] + 1) * stride + np.arange(w) + 1).ravel()] = np.where(holes, 0.0, image).reshape(
-        c, -1
-    )
+    known = np.zeros((c, h + 2, w + 2))
+    known[:, 1:-1, 1:-1] = np.where(holes, 0.0, image)
+    known = known.reshape(c, -1)
     around = centre[:, None] + np.array([dy * stride + dx for dy, dx, _ in _STENCIL])
     # Unknowns are numbered in raster order, so each row's stencil entries come out with sorted columns: the
     # CSR arrays of the system, which is symmetric, are its CSC arrays.
