@@ -96,7 +96,7 @@ def test_tolerance_scales_with_the_input_and_is_a_disc():
     masks = torch.rand(3, 20, 20, generator=generator) > 0.97
     masks[0] = False
     ys, xs = np.mgrid[0:20, 0:20]
-    for radius in (0.0, 1.5, 3.0, 4.2):
+    for radius in (0.0, 1.5, 3.0, 4.2, 4.82, 5.0, 30.0):  # 30: the disc outgrows the image
         grown = dilate(masks, radius).numpy()
         for mask, got in zip(masks.numpy(), grown):
             points = np.argwhere(mask)

@@ -1,8 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 import torchvision
 from conftest import tiny_config
 
+from convscope import models
 from convscope.config import CLASSIFICATION_ARCHS
 from convscope.models import (
     WeightsError,
@@ -11,6 +14,7 @@ from convscope.models import (
     head_parameter_names,
     inference_copy,
     min_input_size,
+    model_from_checkpoint,
 )
 
 # One or two of each family the figures support; each at the smallest input it accepts.
@@ -43,6 +47,36 @@ def test_every_arch_builds_and_runs_at_its_minimum_size(arch):
         out = model(torch.randn(2, 3, size, size))
     assert out.shape == (2, 7)
     assert head_parameter_names(model, config), "the head must be found for fine-tuning"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_checkpoint_rebuilds_the_model_exactly_without_initialising_it(arch):
+    size = 299 if arch == "inception_v3" else 32
+    config = tiny_config(arch=arch, input_size=size)
+    trained = build_model(config, num_classes=7).to(memory_format=torch.channels_last).eval()
+    checkpoint = {"config": dataclasses.asdict(config), "num_classes": 7, "state_dict": trained.state_dict()}
+    rebuilt = model_from_checkpoint(checkpoint)
+    assert not rebuilt.training
+    plain = build_model(config, num_classes=7)
+    plain.load_state_dict(trained.state_dict())
+    for (key, ours), theirs in zip(rebuilt.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(ours, theirs) and ours.stride() == theirs.stride(), key  # the layout a plain load makes
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), plain.eval()(x))
+
+
+def test_a_tensor_the_checkpoint_lacks_is_a_bug_not_a_meta_tensor(monkeypatch):
+    class Scaled(torch.nn.Linear):
+        def __init__(self, num_classes: int, **kwargs) -> None:
+            super().__init__(3, num_classes)
+            self.register_buffer("scale", torch.ones(1), persistent=False)  # in no state dict
+
+    monkeypatch.setattr(models, "_construct", lambda arch, num_classes, **kwargs: Scaled(num_classes))
+    config = tiny_config()
+    checkpoint = {"config": dataclasses.asdict(config), "num_classes": 2, "state_dict": Scaled(2).state_dict()}
+    with pytest.raises(RuntimeError, match="scale"):
+        model_from_checkpoint(checkpoint)
 
 
 def test_inception_heads_include_the_aux_classifier():

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
@@ -92,13 +91,31 @@ def dilate(masks: Tensor, radius: float) -> Tensor:
         raise ValueError(f"masks must be an N×H×W tensor, got {shape_of(masks)}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    if radius < 1:  # the disc is the pixel itself; a 1×1 convolution would cost as much as a real one
-        return masks.bool()
+    masks = masks.bool()
+    if radius < 1:  # the disc is the pixel itself
+        return masks
+    # The disc is a stack of horizontal chords: the mask grown along its rows by each chord's half-width (one
+    # shifted OR per pixel of width), then shifted up and down into place: ~12× faster than a 1-channel
+    # convolution with the disc, and exact.
+    h, w = masks.shape[1:]
     r = int(radius)
-    offsets = torch.arange(-r, r + 1, dtype=torch.float32, device=masks.device)
-    disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
-    # Sums of 0/1 products are exact in float32, so "> 0" is exactly "some object pixel within the disc".
-    return F.conv2d(masks.float()[:, None], disc[None, None], padding=r)[:, 0] > 0
+    chords = [masks]  # chords[k]: grown by k pixels to the left and right
+    for k in range(1, min(r, w - 1) + 1):
+        chord = chords[-1].clone()
+        chord[:, :, k:] |= masks[:, :, :-k]
+        chord[:, :, :-k] |= masks[:, :, k:]
+        chords.append(chord)
+    grown = torch.zeros_like(chords[0])
+    for dy in range(-min(r, h - 1), min(r, h - 1) + 1):
+        half = math.isqrt(int(radius**2 - dy**2))
+        while (half + 1) ** 2 + dy**2 <= radius**2:  # isqrt of the truncated square can fall one short
+            half += 1
+        chord = chords[min(half, len(chords) - 1)]
+        if dy >= 0:
+            grown[:, : h - dy] |= chord[:, dy:]
+        else:
+            grown[:, -dy:] |= chord[:, : h + dy]
+    return grown
 
 
 def pointing_game(maps: Tensor, masks: Tensor, tolerance: float | None = None, flags: Tensor | None = None) -> Tensor:
@@ -571,9 +588,11 @@ def impute(
     neighbours (1/6 for the 4 direct ones, 1/12 for the diagonals; neighbours outside the image drop out), solved
     for all removed pixels of an image at once as one sparse linear system (SuperLU, as pytorch-grad-cam's
     ``spsolve``, but in symmetric mode: the system is symmetric, and that ordering solves it ~1.5× faster, with
-    the same values to ~1e-13), plus Gaussian noise of standard deviation ``noise``. The images' systems are
-    solved on ``torch.get_num_threads()`` threads (SuperLU releases the GIL while it factorises; building a system
-    holds it: two threads ran 1.7× faster than one); the noise is drawn afterwards, in order.
+    the same values to ~1e-13), plus Gaussian noise of standard deviation ``noise``. The systems are solved in
+    float32, the images' precision: ~10% faster than float64 on the build's maps, within 3e-4 of it (30× below
+    the noise). The images' systems are solved on ``torch.get_num_threads()`` threads (SuperLU releases the GIL
+    while it factorises; building a system holds it: two threads ran 1.7× faster than one); the noise is drawn
+    afterwards, in order.
 
     Args:
         images: B×C×H×W images.
@@ -585,7 +604,7 @@ def impute(
         B×C×H×W images, equal to ``images`` where nothing was removed.
     """
     out = images.detach().cpu().clone()
-    pixels = out.double().numpy()
+    pixels = out.float().numpy()
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         filled = list(pool.map(_linear_fill, pixels, removed.cpu().numpy()))
     for k, (ys, xs, solved) in enumerate(filled):
@@ -605,7 +624,7 @@ def _stencil_values(h: int, w: int) -> np.ndarray:
         diagonal -= weight * inside[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
     values = np.array([weight for _, _, weight in _STENCIL]) * np.ones((h, w, 1))
     values[..., _CENTRE] = diagonal
-    return values
+    return values.astype(np.float32)
 
 
 def _linear_fill(image: np.ndarray, holes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -617,7 +636,7 @@ def _linear_fill(image: np.ndarray, holes: np.ndarray) -> tuple[np.ndarray, np.n
     ys, xs = np.nonzero(holes)
     n = len(ys)
     if not n:
-        return ys, xs, np.zeros((c, 0))
+        return ys, xs, np.zeros((c, 0), np.float32)
     if n == h * w:
         raise ValueError("every pixel of an image is removed: nothing to impute from")
     # Raster-order flat indices into the image padded by one pixel, so that every stencil position exists.
@@ -625,7 +644,7 @@ def _linear_fill(image: np.ndarray, holes: np.ndarray) -> tuple[np.ndarray, np.n
     unknown = np.full((h + 2) * stride, -1)
     centre = (ys + 1) * stride + xs + 1
     unknown[centre] = np.arange(n)
-    known = np.zeros((c, h + 2, w + 2))
+    known = np.zeros((c, h + 2, w + 2), np.float32)
     known[:, 1:-1, 1:-1] = np.where(holes, 0.0, image)
     known = known.reshape(c, -1)
     around = centre[:, None] + np.array([dy * stride + dx for dy, dx, _ in _STENCIL])
@@ -635,7 +654,7 @@ def _linear_fill(image: np.ndarray, holes: np.ndarray) -> tuple[np.ndarray, np.n
     free = columns >= 0
     rows = np.concatenate(([0], np.cumsum(free.sum(1))))
     system = csc_array((_stencil_values(h, w)[ys, xs][free], columns[free], rows), shape=(n, n))
-    rhs = np.zeros((n, c))
+    rhs = np.zeros((n, c), np.float32)
     for k, (_, _, weight) in enumerate(_STENCIL):
         if k != _CENTRE:  # known neighbours move to the right-hand side (removed ones and the padding hold 0)
             rhs -= weight * known[:, around[:, k]].T

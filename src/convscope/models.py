@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,24 +41,24 @@ def head_keys(arch: str, **kwargs) -> frozenset[str]:
     Found by building the model twice on the meta device (no memory, no init cost) with
     different class counts, which covers every torchvision family and Inception's aux head.
     """
-    try:
-        with torch.device("meta"):
-            small = _construct(arch, 2, **kwargs).state_dict()
-            large = _construct(arch, 3, **kwargs).state_dict()
-    except NotImplementedError:  # a few builders (regnet) compute widths from tensor data
-        small = _construct(arch, 2, **kwargs).state_dict()
-        large = _construct(arch, 3, **kwargs).state_dict()
+    small = _construct_on_meta(arch, 2, **kwargs).state_dict()
+    large = _construct_on_meta(arch, 3, **kwargs).state_dict()
     return frozenset(key for key in small if small[key].shape != large[key].shape)
 
 
 @functools.cache
 def _meta_model(arch: str, kwargs: tuple[tuple[str, Any], ...]) -> nn.Module:
     """The architecture in training mode on the meta device (shapes only: no memory, no compute)."""
+    return _construct_on_meta(arch, 2, **dict(kwargs))
+
+
+def _construct_on_meta(arch: str, num_classes: int, **kwargs) -> nn.Module:
+    """The architecture on the meta device: shapes only, no memory and no random initialisation."""
     try:
         with torch.device("meta"):
-            return _construct(arch, 2, **dict(kwargs))
+            return _construct(arch, num_classes, **kwargs)
     except NotImplementedError:  # a few builders (regnet) compute widths from tensor data
-        return _construct(arch, 2, **dict(kwargs)).to("meta")
+        return _construct(arch, num_classes, **kwargs).to("meta")
 
 
 def _input_size_error(arch: str, kwargs: dict, size: int) -> str | None:
@@ -201,11 +202,12 @@ def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True
     Args:
         config: the model's configuration.
         num_classes: classes of the dataset; the head is replaced when the weights have another count.
-        load_weights: False builds the bare architecture (e.g. to load a convscope checkpoint into).
+        load_weights: False builds the bare architecture on the meta device, for a convscope checkpoint's state dict
+            to be loaded into with ``assign=True``.
     """
     pretrained = config.weights is not None
     kwargs = _builder_kwargs(config, pretrained)
-    model = _construct(config.arch, num_classes, **kwargs)
+    model = (_construct if load_weights else _construct_on_meta)(config.arch, num_classes, **kwargs)
     if pretrained and load_weights:
         path = resolve_weights_path(config)
         state = read_state_dict(path)
@@ -235,8 +237,16 @@ def head_parameter_names(model: nn.Module, config: ModelConfig) -> set[str]:
 def model_from_checkpoint(checkpoint: dict) -> nn.Module:
     """Rebuilds the trained model stored in a convscope checkpoint dict (weights loaded, eval mode)."""
     config = ModelConfig.from_dict(checkpoint["config"])
+    # Every tensor comes from the checkpoint, so the model is built without its random initialisation (0.2 s for
+    # resnet18).
     model = build_model(config, checkpoint["num_classes"], load_weights=False)
-    model.load_state_dict(checkpoint["state_dict"])
+    # Copies in the default layout, as a plain load would make: a checkpoint saved from a channels_last model holds
+    # strides that steer the convolutions to other kernels (outputs moved by ~1e-6).
+    state = {key: value.clone(memory_format=torch.contiguous_format) for key, value in checkpoint["state_dict"].items()}
+    model.load_state_dict(state, assign=True)
+    left = [name for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()) if tensor.is_meta]
+    if left:
+        raise RuntimeError(f"{config.arch} has tensors that its state dict does not hold: {left}")
     return model.eval()
 
 
