@@ -587,11 +587,11 @@ def impute(
     """ROAD's noisy linear imputation (Rong et al. 2022): each removed pixel becomes the weighted mean of its 8
     neighbours (1/6 for the 4 direct ones, 1/12 for the diagonals; neighbours outside the image drop out), solved
     for all removed pixels of an image at once as one sparse linear system (SuperLU, as pytorch-grad-cam's
-    ``spsolve``, but in symmetric mode: the system is symmetric, and that ordering solves it ~1.5× faster, with
-    the same values to ~1e-13), plus Gaussian noise of standard deviation ``noise``. The systems are solved in
-    float32, the images' precision: ~10% faster than float64 on the build's maps, within 3e-4 of it (30× below
-    the noise). The images' systems are solved on ``torch.get_num_threads()`` threads (SuperLU releases the GIL
-    while it factorises; building a system holds it: two threads ran 1.7× faster than one); the noise is drawn
+    ``spsolve``, but in symmetric mode: the system is symmetric, and that ordering solves it ~1.5× faster with the
+    same values), plus Gaussian noise of standard deviation ``noise``. The systems are solved in float32, the
+    images' precision: ~10% faster than float64 on the build's maps, within 3e-4 of it (30× below the noise). The
+    images' systems are solved on ``torch.get_num_threads()`` threads (SuperLU releases the GIL while it
+    factorises; building a system holds it: two threads ran 1.5–1.8× faster than one); the noise is drawn
     afterwards, in order.
 
     Args:
@@ -610,7 +610,7 @@ def impute(
     for k, (ys, xs, solved) in enumerate(filled):
         if len(ys):
             jitter = torch.randn(solved.shape, generator=generator) * noise
-            out[k][:, ys, xs] = torch.from_numpy(solved).float() + jitter
+            out[k][:, ys, xs] = torch.from_numpy(solved) + jitter
     return out.to(images.device)
 
 
